@@ -1,0 +1,185 @@
+"""Op registry: the candidate operations of the search spaces (DESIGN §3).
+
+Every op is bias-free with "same" padding, so a feature map keeps its size through any edge.
+Ops are built by one factory, :func:`make_op`, from a registered name; the search spaces are
+named lists of those names (:data:`SPACES`). Adding an op is one ``@register_op`` function;
+adding a space is one :class:`Space` entry.
+
+Why bias-free: inside a Hadamard unit every op is followed by BatchNorm (which would cancel a
+bias), and at inference BatchNorm is folded back into the preceding conv (see
+:func:`hbl_edge.network.fold_batchnorm`), which is where a bias reappears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import GenotypeError
+
+OpFactory = Callable[[int, int], nn.Module]
+OPS: dict[str, OpFactory] = {}
+
+
+def register_op(name: str) -> Callable[[OpFactory], OpFactory]:
+    """Register an op factory ``(c_in, c_out) -> nn.Module`` under ``name``."""
+
+    def deco(factory: OpFactory) -> OpFactory:
+        if name in OPS:
+            raise ValueError(f"op {name!r} registered twice")
+        OPS[name] = factory
+        return factory
+
+    return deco
+
+
+def conv2d(c_in: int, c_out: int, k: int, dilation: int = 1, bias: bool = False) -> nn.Conv2d:
+    """A k×k conv with "same" zero padding (for odd k), optionally dilated."""
+    return nn.Conv2d(c_in, c_out, k, padding=dilation * (k // 2), dilation=dilation, bias=bias)
+
+
+class Identity(nn.Module):
+    """``skip_connect``: y = x (parameter-free)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        if c_in != c_out:
+            raise GenotypeError(
+                f"skip_connect needs equal input and output channels, got {c_in}→{c_out}; "
+                "use a conv op on this edge"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Conv(nn.Module):
+    """``conv_kxk`` / ``dilconv_3x3``: y = W ⋆ x."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv = conv2d(c_in, c_out, k, dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class ResConv(nn.Module):
+    """``resconv_kxk`` / ``resdilconv_3x3``: y = W ⋆ x + x.
+
+    At inference the identity is re-parameterised into the kernel's centre tap
+    (:meth:`as_conv`), so the residual costs nothing after export.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int, dilation: int = 1) -> None:
+        super().__init__()
+        if c_in != c_out:
+            raise GenotypeError(f"residual ops need equal channels, got {c_in}→{c_out}")
+        self.conv = conv2d(c_in, c_out, k, dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + x
+
+    @torch.no_grad()
+    def as_conv(self) -> nn.Conv2d:
+        """An equivalent single conv (identity folded into the centre tap)."""
+        conv = self.conv
+        fused = conv2d(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.dilation[0])
+        fused = fused.to(conv.weight)
+        fused.weight.copy_(conv.weight)
+        centre = conv.kernel_size[0] // 2
+        idx = torch.arange(conv.out_channels)
+        fused.weight[idx, idx, centre, centre] += 1.0
+        return fused
+
+
+class DenseBlock(nn.Module):
+    """``denseblocks_kxk``: y1 = ReLU(W1 ⋆ x); y = W2 ⋆ concat[x, y1] (2C → C)."""
+
+    def __init__(self, c_in: int, c_out: int, k: int) -> None:
+        super().__init__()
+        if c_in != c_out:
+            raise GenotypeError(f"dense blocks need equal channels, got {c_in}→{c_out}")
+        self.conv1 = conv2d(c_in, c_in, k)
+        self.conv2 = conv2d(2 * c_in, c_out, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y1 = torch.relu(self.conv1(x))
+        return self.conv2(torch.cat([x, y1], dim=1))
+
+
+register_op("skip_connect")(Identity)
+register_op("conv_1x1")(lambda ci, co: Conv(ci, co, 1))
+register_op("conv_3x3")(lambda ci, co: Conv(ci, co, 3))
+register_op("conv_5x5")(lambda ci, co: Conv(ci, co, 5))
+register_op("dilconv_3x3")(lambda ci, co: Conv(ci, co, 3, dilation=2))
+register_op("resconv_1x1")(lambda ci, co: ResConv(ci, co, 1))
+register_op("resconv_3x3")(lambda ci, co: ResConv(ci, co, 3))
+register_op("resdilconv_3x3")(lambda ci, co: ResConv(ci, co, 3, dilation=2))
+register_op("denseblocks_1x1")(lambda ci, co: DenseBlock(ci, co, 1))
+register_op("denseblocks_3x3")(lambda ci, co: DenseBlock(ci, co, 3))
+
+#: Ops that hold no weights; the search guards against collapsing onto them.
+PARAMETER_FREE_OPS = frozenset({"skip_connect"})
+
+
+def make_op(name: str, c_in: int, c_out: int) -> nn.Module:
+    """Build the registered op ``name`` mapping ``c_in`` to ``c_out`` channels."""
+    try:
+        factory = OPS[name]
+    except KeyError:
+        raise GenotypeError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None
+    return factory(c_in, c_out)
+
+
+@dataclass(frozen=True)
+class Space:
+    """A search space: the ops allowed on Hadamard-unit edges and on encoder/decoder edges."""
+
+    name: str
+    hnu: tuple[str, ...]
+    fcm: tuple[str, ...]
+    doc: str = ""
+
+
+SPACES: dict[str, Space] = {}
+
+
+def register_space(space: Space) -> Space:
+    for op in space.hnu + space.fcm:
+        if op not in OPS:
+            raise ValueError(f"space {space.name!r} uses unregistered op {op!r}")
+    SPACES[space.name] = space
+    return space
+
+
+register_space(
+    Space(
+        name="paper",
+        hnu=(
+            "skip_connect",
+            "conv_1x1",
+            "conv_3x3",
+            "dilconv_3x3",
+            "resconv_1x1",
+            "resconv_3x3",
+            "resdilconv_3x3",
+            "denseblocks_1x1",
+            "denseblocks_3x3",
+        ),
+        fcm=("conv_5x5", "conv_1x1", "conv_3x3", "dilconv_3x3"),
+        doc="The space of the HBL paper and its reference code (the default, for reproduction).",
+    )
+)
+
+
+def get_space(name: str) -> Space:
+    try:
+        return SPACES[name]
+    except KeyError:
+        raise GenotypeError(
+            f"unknown search space {name!r}; known spaces: {', '.join(sorted(SPACES))}"
+        ) from None
