@@ -1,0 +1,258 @@
+"""The ``hbl-edge`` command line: a thin typer shell over library functions.
+
+Every command turns a user mistake (:class:`hbl_edge.errors.HblError`) into one line on
+stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import ConfigError, HblError
+
+app = typer.Typer(
+    name="hbl-edge",
+    help="Hadamard-based image restoration (low light, haze, underwater): search, train, export, run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("hbl_edge").setLevel(logging.INFO)
+
+
+def user_errors(fn: F) -> F:
+    """Report HblError as one line and exit 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except HblError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def train(
+    task: str = typer.Option("lowlight", help="lowlight | dehaze | underwater"),
+    genotype: str = typer.Option("hbl-lol-2022", help="built-in genotype name or path to genotype.json"),
+    loss: Optional[str] = typer.Option(None, help="loss terms 'l1=1,ssim=1' or a loss.json; default: the task's"),
+    data: str = typer.Option("embedded", help="'embedded' or a dataset folder (see README: dataset layouts)"),
+    steps: int = typer.Option(2000, help="training steps"),
+    batch_size: int = typer.Option(4, help="images per step (≥ 2)"),
+    crop: int = typer.Option(128, help="training crop side (multiple of 4)"),
+    optimizer: str = typer.Option("adam", help="adam | adamw | sgd"),
+    lr: float = typer.Option(1e-3, help="peak learning rate"),
+    schedule: str = typer.Option("cosine", help="cosine | step | constant"),
+    clip: float = typer.Option(5.0, help="gradient-norm clip"),
+    val_every: int = typer.Option(200, help="validate every N steps"),
+    ckpt_every: int = typer.Option(200, help="checkpoint every N steps"),
+    seed: int = typer.Option(0),
+    deterministic: bool = typer.Option(False, help="deterministic algorithms (slower)"),
+    strict: bool = typer.Option(False, help="fail on unmatched or mismatched pairs instead of skipping them"),
+    vgg_weights: Optional[Path] = typer.Option(None, help="local VGG19 weights (enables the vgg loss term)"),
+    lpips_weights: Optional[Path] = typer.Option(None, help="local LPIPS weights (enables the lpips term)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    out: Path = typer.Option(Path("runs/train"), help="run directory"),
+    resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
+) -> None:
+    """Train a network of a fixed genotype (stage T) and write a model bundle."""
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    cfg = TrainConfig(
+        task=task, genotype=genotype, loss=loss, data=data, out=str(out), steps=steps, batch_size=batch_size,
+        crop=crop, optimizer=optimizer, lr=lr, schedule=schedule, clip=clip, val_every=val_every,
+        ckpt_every=ckpt_every, seed=seed, deterministic=deterministic, strict_data=strict,
+        vgg_weights=str(vgg_weights) if vgg_weights else None,
+        lpips_weights=str(lpips_weights) if lpips_weights else None, threads=threads,
+    )
+    result = _train_with_progress(cfg, resume=resume)
+    if result.interrupted:
+        raise typer.Exit(130)
+    m = result.metrics
+    console.print(
+        f"[green]done[/]: {result.out}  val PSNR {m['val_psnr']:.2f} dB (input {m['val_input_psnr']:.2f}), "
+        f"SSIM {m['val_ssim']:.3f} (input {m['val_input_ssim']:.3f})"
+    )
+
+
+def _train_with_progress(cfg, resume: bool = False, description: str = "train"):
+    from .train import train as run_train
+
+    with _progress() as prog:
+        bar = prog.add_task(description, total=cfg.steps, status="")
+        last_val: dict[str, str] = {"v": ""}
+
+        def on_step(step: int, rec: dict) -> None:
+            if "val_psnr" in rec:
+                last_val["v"] = f"val {rec['val_psnr']:.2f} dB"
+            prog.update(bar, completed=step, status=f"loss {rec['loss']:.4f} {last_val['v']}")
+
+        return run_train(cfg, resume=resume, progress=on_step)
+
+
+@app.command()
+@user_errors
+def enhance(
+    inputs: List[Path] = typer.Argument(..., help="image files and/or folders"),
+    model: Path = typer.Option(..., "--model", "-m", help="model bundle (run directory)"),
+    out: Path = typer.Option(Path("enhanced"), help="output folder"),
+    tile: Optional[int] = typer.Option(None, help="tile side for large images (default: automatic above 4 MP)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    overwrite: bool = typer.Option(False, help="replace existing outputs"),
+) -> None:
+    """Enhance images with a trained model bundle."""
+    from .enhance import enhance_paths
+
+    files = _collect_images(inputs)
+    with _progress() as prog:
+        bar = prog.add_task("enhance", total=len(files), status="")
+        report = enhance_paths(
+            files, model, out, tile=tile, threads=threads, overwrite=overwrite,
+            progress=lambda i, name: prog.update(bar, completed=i, status=name),
+        )
+    console.print(f"[green]wrote[/] {report['written']} image(s) to {out}" + (
+        f"; skipped {len(report['failed'])} unreadable: {', '.join(report['failed'][:5])}" if report["failed"] else ""
+    ) + (f"; kept {report['existing']} existing (pass --overwrite)" if report["existing"] else ""))
+
+
+def _collect_images(inputs: List[Path]) -> List[Path]:
+    from .imageio import list_images
+
+    files: List[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise ConfigError(f"{p}: no images in this folder")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ConfigError(f"{p}: no such file or folder")
+    return files
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="model bundle (run directory)"),
+    baseline: Optional[str] = typer.Option(None, help="classical baseline name instead of a model"),
+    data: str = typer.Option("embedded", help="'embedded' (test split) or a folder, paired or unpaired"),
+    task: Optional[str] = typer.Option(None, help="task (default: the bundle's, or the baseline's)"),
+    out: Path = typer.Option(Path("runs/eval"), help="folder for eval.json (and images)"),
+    save_images: bool = typer.Option(False, help="also write the enhanced images"),
+    tile: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None),
+) -> None:
+    """Score a model or a classical baseline: PSNR/SSIM on pairs, UIQM/UCIQE without references."""
+    from .evaluate import baseline_method, evaluate, model_method
+
+    if (model is None) == (baseline is None):
+        raise ConfigError("give exactly one of --model BUNDLE or --baseline NAME")
+    method = model_method(model, tile=tile, threads=threads) if model else baseline_method(baseline)
+    report = evaluate(method, data, task or method.info["task"], out=out, save_images=save_images)
+    print_report(report)
+    console.print(f"report: {out / 'eval.json'}")
+
+
+def print_report(report: dict) -> None:
+    table = Table(title=f"{report['method_kind']} {report['method']} on {report['data']} ({report['kind']}, {report['images']} images)")
+    table.add_column("metric")
+    table.add_column("input", justify="right")
+    table.add_column("output", justify="right")
+    for k, v in report["mean"].items():
+        if k.startswith("input_"):
+            continue
+        inp = report["mean"].get(f"input_{k}")
+        table.add_row(k, f"{inp:.4f}" if inp is not None else "–", f"{v:.4f}")
+    table.add_row("ms / image (median)", "", f"{report['ms_median']:.1f}")
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="where the demo writes everything"),
+    steps: int = typer.Option(600, help="training steps (the default takes a few minutes on 2 cores)"),
+    task: str = typer.Option("lowlight"),
+) -> None:
+    """Train a small model on the embedded data, compare it with the input and a baseline."""
+    from .demo import run_demo
+
+    run_demo(out=out, steps=steps, task=task, train_fn=_train_with_progress, console=console, print_report=print_report)
+
+
+genotype_app = typer.Typer(help="Inspect and validate genotypes.", no_args_is_help=True)
+app.add_typer(genotype_app, name="genotype")
+
+
+@genotype_app.command("show")
+@user_errors
+def genotype_show(spec: str = typer.Argument(..., help="built-in name or genotype.json path")) -> None:
+    """Print a genotype as JSON (validates it on the way)."""
+    import json
+
+    from .genotype import load_genotype
+    from .network import Network, count_parameters
+
+    g = load_genotype(spec)
+    console.print_json(json.dumps(g.to_dict()))
+    console.print(f"{count_parameters(Network(g)):,} parameters; {g.summary()}")
+
+
+@genotype_app.command("list")
+def genotype_list() -> None:
+    """List the built-in genotypes."""
+    from .genotype import NAMED_GENOTYPES
+
+    for name, g in NAMED_GENOTYPES.items():
+        console.print(f"{name}: {g.summary()}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""Stage T (DESIGN §5): train a network of a fixed genotype with a fixed loss.
+
+``train(cfg)`` is what ``hbl-edge train`` runs and what the search's stage T reuses. It is
+resumable step-exactly: every batch is a pure function of (seed, step) (see
+:class:`hbl_edge.data.TrainSampler`), and the checkpoint holds weights, optimiser, schedule,
+RNG states and the step, written atomically. A run directory ends with the model bundle
+(``model.safetensors`` + ``model.json``), ``config.json``, ``log.jsonl`` and
+``plots/train_curves.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .bundle import META, save_bundle
+from .data import TrainSampler, open_dataset, val_batches
+from .errors import ConfigError
+from .genotype import load_genotype
+from .losses import build_loss, parse_loss_spec
+from .metrics import psnr, ssim
+from .network import Network, count_parameters
+from .runio import append_jsonl, atomic_path, read_jsonl, seed_everything, versions, write_json
+from .tasks import get_task
+
+log = logging.getLogger(__name__)
+
+STATE = "train/state.pt"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.json`` beside the results."""
+
+    task: str = "lowlight"
+    genotype: str = "hbl-lol-2022"  # built-in name or path to genotype.json
+    loss: str | None = None  # "l1=1,ssim=1" or a loss.json path; None = the task's default
+    data: str = "embedded"  # "embedded" or a folder (see hbl_edge.data.open_dataset)
+    out: str = "runs/train"
+    steps: int = 2000
+    batch_size: int = 4  # > 1: BatchNorm statistics need more than one image
+    crop: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
+    schedule: str = "cosine"  # cosine to lr·min_lr_ratio, step (×0.5 every step_every), constant
+    min_lr_ratio: float = 0.01
+    step_every: int = 1000
+    clip: float = 5.0  # gradient-norm clip, as the reference code
+    val_every: int = 200
+    val_crop: int | None = 256  # centre crop for validation (None = full images)
+    ckpt_every: int = 200
+    seed: int = 0
+    deterministic: bool = False
+    strict_data: bool = False
+    vgg_weights: str | None = None
+    lpips_weights: str | None = None
+    threads: int | None = None
+
+    def validate(self) -> None:
+        get_task(self.task)
+        load_genotype(self.genotype)
+        if self.steps < 1:
+            raise ConfigError(f"--steps must be ≥ 1, got {self.steps}")
+        if self.batch_size < 2:
+            raise ConfigError(f"--batch-size must be ≥ 2 (BatchNorm needs batch statistics), got {self.batch_size}")
+        if self.crop < 8 or self.crop % 4:
+            raise ConfigError(f"--crop must be a multiple of 4 and ≥ 8, got {self.crop}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        for name in ("val_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr * cfg.min_lr_ratio)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_every, gamma=0.5)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+@torch.no_grad()
+def validate(model: Network, source, crop: int | None) -> dict[str, float]:
+    """Mean PSNR/SSIM of the clamped output (and of the input, for reference) on a split."""
+    was_training = model.training
+    model.eval()
+    ps, ss, ps_in, ss_in = [], [], [], []
+    for _name, inp, tgt in val_batches(source, crop=crop):
+        out = model(inp).clamp(0, 1)
+        ps.append(psnr(out, tgt).mean().item())
+        ss.append(ssim(out, tgt).mean().item())
+        ps_in.append(psnr(inp, tgt).mean().item())
+        ss_in.append(ssim(inp, tgt).mean().item())
+    model.train(was_training)
+    n = max(len(ps), 1)
+    return {
+        "psnr": sum(ps) / n,
+        "ssim": sum(ss) / n,
+        "input_psnr": sum(ps_in) / n,
+        "input_ssim": sum(ss_in) / n,
+        "images": len(ps),
+    }
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints and exits at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread (e.g. some test runners): no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop:  # second signal: give up immediately
+            raise KeyboardInterrupt
+        self.stop = True
+        log.warning("signal %s received: saving a checkpoint, then stopping (again to abort)", signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _save_state(path: Path, model, opt, sched, step: int, best: dict[str, Any]) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "schedule": sched.state_dict(),
+        "step": step,
+        "best": best,
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _check_out_dir(out: Path, resume: bool) -> None:
+    has_state = (out / STATE).exists()
+    if resume and not has_state:
+        raise ConfigError(f"--resume: {out} has no checkpoint ({STATE}); start without --resume")
+    if not resume and (has_state or (out / META).exists()):
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: Callable[[int, dict[str, Any]], None] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``cfg.genotype`` on ``cfg.data`` and write a bundle into ``cfg.out``.
+
+    ``progress(step, record)`` is called after every step (the CLI draws a progress bar with
+    it). ``provenance`` is merged into the bundle's provenance (the search passes its run).
+    """
+    cfg.validate()
+    out = Path(cfg.out)
+    _check_out_dir(out, resume)
+    if resume:
+        saved = _read_config(out)
+        if saved is not None and saved != asdict(cfg):
+            diff = sorted(k for k in saved if saved.get(k) != asdict(cfg).get(k))
+            raise ConfigError(f"--resume with different settings than the saved run ({', '.join(diff)}); use the same options")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed, cfg.deterministic)
+
+    task = get_task(cfg.task)
+    genotype = load_genotype(cfg.genotype)
+    spec = parse_loss_spec(cfg.loss) if cfg.loss else parse_loss_spec(",".join(f"{k}={v}" for k, v in task.default_loss.items()))
+    criterion = build_loss(spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights)
+    train_src = open_dataset(cfg.data, cfg.task, "train", strict=cfg.strict_data, seed=cfg.seed)
+    val_src = open_dataset(cfg.data, cfg.task, "val", strict=cfg.strict_data, seed=cfg.seed)
+    sampler = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=cfg.seed)
+
+    model = Network(genotype)
+    opt = make_optimizer(cfg, model.parameters())
+    sched = make_schedule(cfg, opt)
+    start, best = 0, {}
+    if resume:
+        state = torch.load(out / STATE, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        start, best = state["step"], state["best"]
+        log.info("resuming %s at step %d", out, start)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {**asdict(cfg), "versions": versions()})
+    model.train()
+
+    history = read_jsonl(out / "log.jsonl") if resume else []
+    history = [r for r in history if r.get("step", 0) <= start]
+    step = start
+    interrupted = False
+    t0 = time.perf_counter()
+    with _StopFlag() as flag:
+        while step < cfg.steps:
+            inp, tgt = sampler.batch(step)
+            pred = model(inp)
+            loss, terms = criterion(pred, tgt)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            sched.step()
+            step += 1
+            rec: dict[str, Any] = {
+                "step": step,
+                "loss": loss.item(),
+                "lr": opt.param_groups[0]["lr"],
+                "grad_norm": float(gnorm),
+                **{f"loss_{k}": v.item() for k, v in terms.items()},
+            }
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                val = validate(model, val_src, cfg.val_crop)
+                rec.update({f"val_{k}": v for k, v in val.items()})
+                if val["psnr"] > best.get("val_psnr", -math.inf):
+                    best = {"val_psnr": val["psnr"], "val_ssim": val["ssim"], "step": step}
+            append_jsonl(out / "log.jsonl", rec)
+            history.append(rec)
+            if progress:
+                progress(step, rec)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or flag.stop:
+                _save_state(out / STATE, model, opt, sched, step, best)
+            if flag.stop:
+                interrupted = True
+                break
+
+    elapsed = time.perf_counter() - t0
+    if interrupted:
+        log.warning("stopped at step %d/%d; continue with the same command plus --resume", step, cfg.steps)
+        return TrainResult(out, step, {}, history, interrupted=True)
+
+    final = validate(model, val_src, cfg.val_crop)
+    metrics = {
+        "val_psnr": final["psnr"],
+        "val_ssim": final["ssim"],
+        "val_input_psnr": final["input_psnr"],
+        "val_input_ssim": final["input_ssim"],
+        "best": best,
+        "train_seconds_this_session": elapsed,
+    }
+    prov = {
+        "stage": "T",
+        "config": asdict(cfg),
+        "data": cfg.data,
+        "steps": cfg.steps,
+        "parameters": count_parameters(model),
+        **(provenance or {}),
+    }
+    save_bundle(out, model.eval(), task=cfg.task, loss=spec.to_dict(), provenance=prov, metrics=metrics)
+    plot_training(history, out / "plots" / "train_curves.png")
+    return TrainResult(out, step, metrics, history)
+
+
+def _read_config(out: Path) -> dict[str, Any] | None:
+    import json
+
+    p = out / "config.json"
+    if not p.exists():
+        return None
+    data = json.loads(p.read_text())
+    data.pop("versions", None)
+    return data
+
+
+def plot_training(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Loss (log scale) and validation PSNR over steps, as a PNG."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    losses = [r["loss"] for r in history]
+    vals = [(r["step"], r["val_psnr"], r.get("val_input_psnr")) for r in history if "val_psnr" in r]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a1.plot(steps, losses, lw=0.6, alpha=0.5, label="loss")
+    k = max(1, len(losses) // 50)
+    if len(losses) > k:
+        smooth = [sum(losses[max(0, i - k):i + 1]) / len(losses[max(0, i - k):i + 1]) for i in range(len(losses))]
+        a1.plot(steps, smooth, lw=1.5, label=f"moving mean ({k})")
+    a1.set_yscale("log")
+    a1.set_xlabel("step")
+    a1.set_title("training loss")
+    a1.legend()
+    if vals:
+        a2.plot([v[0] for v in vals], [v[1] for v in vals], marker="o", label="model")
+        if vals[0][2] is not None:
+            a2.axhline(vals[0][2], color="gray", ls="--", label="degraded input")
+        a2.legend()
+    a2.set_xlabel("step")
+    a2.set_title("validation PSNR (dB)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

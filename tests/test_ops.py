@@ -1,0 +1,400 @@
+"""Tests of the op registry (hbl_edge.ops), kornia style.
+
+Generic tests are parametrised over the registry itself (``OPS``), so an op added later is
+covered automatically; hand-computed values are checked per op kind.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hbl_edge.errors import GenotypeError, HblError
+from hbl_edge.ops import (
+    OPS,
+    PARAMETER_FREE_OPS,
+    SPACES,
+    Conv,
+    DenseBlock,
+    Identity,
+    ResConv,
+    Space,
+    get_space,
+    make_op,
+    register_op,
+    register_space,
+)
+
+ALL_OPS = sorted(OPS)
+FCM_OPS = sorted({op for space in SPACES.values() for op in space.fcm})
+HNU_OPS = sorted({op for space in SPACES.values() for op in space.hnu})
+
+# DESIGN §3.
+PAPER_HNU = (
+    "skip_connect", "conv_1x1", "conv_3x3", "dilconv_3x3", "resconv_1x1",
+    "resconv_3x3", "resdilconv_3x3", "denseblocks_1x1", "denseblocks_3x3",
+)
+PAPER_FCM = ("conv_5x5", "conv_1x1", "conv_3x3", "dilconv_3x3")
+# Ops that need C_in == C_out by definition (identity / residual / dense concat).
+EQUAL_CHANNEL_OPS = (
+    "skip_connect", "resconv_1x1", "resconv_3x3", "resdilconv_3x3",
+    "denseblocks_1x1", "denseblocks_3x3",
+)
+
+
+def _op(name: str, c_in: int = 4, c_out: int | None = None, seed: int = 0, dtype=torch.float32) -> nn.Module:
+    torch.manual_seed(seed)
+    return make_op(name, c_in, c_in if c_out is None else c_out).to(dtype)
+
+
+def _x(*shape: int, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype)
+
+
+def _delta(size: int = 9) -> torch.Tensor:
+    x = torch.zeros(1, 1, size, size)
+    x[0, 0, size // 2, size // 2] = 1.0
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic: every registered op
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL_OPS)
+class TestEveryOp:
+    def test_smoke(self, name):
+        op = _op(name)
+        assert isinstance(op, nn.Module)
+        y = op(_x(1, 4, 6, 6))
+        assert isinstance(y, torch.Tensor)
+        assert torch.isfinite(y).all()
+
+    @pytest.mark.parametrize("shape", [(1, 4, 6, 6), (2, 4, 5, 7), (1, 4, 1, 1), (3, 4, 2, 9)])
+    def test_shape_c_to_c(self, name, shape):
+        assert _op(name)(_x(*shape)).shape == shape
+
+    def test_bias_free(self, name):
+        op = _op(name)
+        names = [n for n, _ in op.named_parameters()]
+        assert not any(n.split(".")[-1] == "bias" for n in names), names
+        for m in op.modules():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                assert m.bias is None
+
+    def test_parameter_free_flag(self, name):
+        n_params = sum(p.numel() for p in _op(name).parameters())
+        if name in PARAMETER_FREE_OPS:
+            assert n_params == 0
+        else:
+            assert n_params > 0
+
+    def test_gradcheck(self, name):
+        op = _op(name, c_in=2, dtype=torch.float64)
+        x = _x(1, 2, 5, 5, dtype=torch.float64).requires_grad_(True)
+        assert torch.autograd.gradcheck(op, (x,), eps=1e-6, atol=1e-5)
+
+    def test_gradcheck_weights(self, name):
+        op = _op(name, c_in=2, dtype=torch.float64)
+        params = tuple(op.parameters())
+        if not params:
+            pytest.skip("parameter-free op")
+        x = _x(1, 2, 4, 4, dtype=torch.float64)
+
+        def f(*ws):
+            return torch.func.functional_call(op, dict(zip([n for n, _ in op.named_parameters()], ws)), (x,))
+
+        ws = tuple(p.detach().clone().requires_grad_(True) for p in params)
+        assert torch.autograd.gradcheck(f, ws, eps=1e-6, atol=1e-5)
+
+    def test_module_deterministic(self, name):
+        op = _op(name)
+        x = _x(2, 4, 6, 6)
+        assert torch.equal(op(x), op(x))
+
+    def test_construction_deterministic_under_seed(self, name):
+        a, b = _op(name, seed=3), _op(name, seed=3)
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        x = _x(1, 4, 6, 6)
+        assert torch.equal(a(x), b(x))
+
+    def test_does_not_modify_input(self, name):
+        x = _x(1, 4, 6, 6)
+        x0 = x.clone()
+        _op(name)(x)
+        assert torch.equal(x, x0)
+
+    def test_batch_independent(self, name):
+        op = _op(name)
+        x = _x(3, 4, 6, 6)
+        torch.testing.assert_close(op(x)[1:2], op(x[1:2]), rtol=1e-5, atol=1e-6)
+
+    def test_channel_change_is_supported_or_a_genotype_error(self, name):
+        # Never another exception type: a genotype asking for 3→16 on any op is a user error.
+        for c_in, c_out in ((3, 16), (16, 3)):
+            try:
+                op = make_op(name, c_in, c_out)
+            except GenotypeError as e:
+                assert "\n" not in str(e)
+                continue
+            assert op(_x(1, c_in, 6, 6)).shape == (1, c_out, 6, 6)
+
+
+@pytest.mark.parametrize("name", FCM_OPS)
+class TestFcmOps:
+    def test_head_shape_3_to_16(self, name):
+        assert _op(name, 3, 16)(_x(1, 3, 6, 6)).shape == (1, 16, 6, 6)
+
+    def test_tail_shape_16_to_3(self, name):
+        assert _op(name, 16, 3)(_x(1, 16, 6, 6)).shape == (1, 3, 6, 6)
+
+    @pytest.mark.parametrize("hw", [(1, 1), (5, 7), (2, 3)])
+    def test_head_odd_sizes(self, name, hw):
+        assert _op(name, 3, 16)(_x(1, 3, *hw)).shape == (1, 16, *hw)
+
+
+@pytest.mark.parametrize("name", EQUAL_CHANNEL_OPS)
+@pytest.mark.parametrize("c_in,c_out", [(3, 16), (16, 3), (4, 5)])
+def test_wrong_channels_raise_genotype_error(name, c_in, c_out):
+    with pytest.raises(GenotypeError, match=rf"{c_in}→{c_out}") as info:
+        make_op(name, c_in, c_out)
+    assert isinstance(info.value, HblError)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-computed values per op kind
+# ---------------------------------------------------------------------------------------------
+class TestSkipConnect:
+    def test_identity(self):
+        x = _x(2, 4, 6, 6)
+        assert torch.equal(make_op("skip_connect", 4, 4)(x), x)
+
+    def test_type_and_message(self):
+        assert isinstance(make_op("skip_connect", 4, 4), Identity)
+        with pytest.raises(GenotypeError, match=r"skip_connect needs equal input and output channels, got 3→16"):
+            make_op("skip_connect", 3, 16)
+
+
+class TestConv1x1:
+    def test_set_weight_matrix(self):
+        op = make_op("conv_1x1", 2, 3)
+        m = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.0, 3.0]])
+        with torch.no_grad():
+            op.conv.weight.copy_(m.reshape(3, 2, 1, 1))
+        x = torch.tensor([[[[1.0, -2.0]], [[4.0, 0.25]]]])  # 1×2×1×2
+        expected = torch.tensor([[[[9.0, -1.5]], [[1.0, 2.125]], [[12.0, 0.75]]]])
+        torch.testing.assert_close(op(x), expected)
+
+    def test_structure(self):
+        op = make_op("conv_1x1", 4, 4)
+        assert isinstance(op, Conv)
+        assert op.conv.kernel_size == (1, 1) and op.conv.dilation == (1, 1) and op.conv.padding == (0, 0)
+
+
+@pytest.mark.parametrize("name,k", [("conv_3x3", 3), ("conv_5x5", 5)])
+class TestConvKxK:
+    def test_delta_gives_flipped_kernel(self, name, k):
+        # conv2d is a cross-correlation: out[c + d] = w[r - d] for a delta at c (r = k // 2).
+        op = make_op(name, 1, 1)
+        w = torch.arange(1.0, k * k + 1).reshape(1, 1, k, k)
+        with torch.no_grad():
+            op.conv.weight.copy_(w)
+        y = op(_delta(9))
+        c, r = 4, k // 2
+        torch.testing.assert_close(y[0, 0, c - r : c + r + 1, c - r : c + r + 1], torch.flip(w[0, 0], (0, 1)))
+        mask = torch.ones(9, 9, dtype=torch.bool)
+        mask[c - r : c + r + 1, c - r : c + r + 1] = False
+        assert (y[0, 0][mask] == 0).all()
+
+    def test_same_zero_padding(self, name, k):
+        # A constant image: a corner sees only the in-image part of an all-ones kernel.
+        op = make_op(name, 1, 1)
+        with torch.no_grad():
+            op.conv.weight.fill_(1.0)
+        y = op(torch.ones(1, 1, 7, 7))
+        r = k // 2
+        assert y[0, 0, 3, 3].item() == k * k
+        assert y[0, 0, 0, 0].item() == (r + 1) ** 2
+
+    def test_structure(self, name, k):
+        op = make_op(name, 4, 4)
+        assert isinstance(op, Conv)
+        assert op.conv.kernel_size == (k, k) and op.conv.dilation == (1, 1)
+
+
+class TestDilConv3x3:
+    def test_delta_taps_two_apart(self):
+        op = make_op("dilconv_3x3", 1, 1)
+        w = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+        with torch.no_grad():
+            op.conv.weight.copy_(w)
+        y = op(_delta(9))[0, 0]
+        c = 4
+        flipped = torch.flip(w[0, 0], (0, 1))
+        torch.testing.assert_close(y[c - 2 : c + 3 : 2, c - 2 : c + 3 : 2], flipped)
+        mask = torch.ones(9, 9, dtype=torch.bool)
+        mask[c - 2 : c + 3 : 2, c - 2 : c + 3 : 2] = False
+        assert (y[mask] == 0).all()
+        assert torch.count_nonzero(y) == 9
+
+    def test_structure(self):
+        op = make_op("dilconv_3x3", 4, 4)
+        assert isinstance(op, Conv)
+        assert op.conv.kernel_size == (3, 3) and op.conv.dilation == (2, 2) and op.conv.padding == (2, 2)
+
+
+@pytest.mark.parametrize("name,k,d", [("resconv_1x1", 1, 1), ("resconv_3x3", 3, 1), ("resdilconv_3x3", 3, 2)])
+class TestResConv:
+    def test_equals_conv_plus_x(self, name, k, d):
+        op = _op(name, c_in=3)
+        assert isinstance(op, ResConv)
+        assert op.conv.kernel_size == (k, k) and op.conv.dilation == (d, d)
+        x = _x(2, 3, 6, 7)
+        expected = F.conv2d(x, op.conv.weight, padding=d * (k // 2), dilation=d) + x
+        torch.testing.assert_close(op(x), expected)
+
+    def test_zero_weight_is_identity(self, name, k, d):
+        op = _op(name, c_in=3)
+        with torch.no_grad():
+            op.conv.weight.zero_()
+        x = _x(1, 3, 5, 5)
+        torch.testing.assert_close(op(x), x)
+
+    def test_as_conv_equals_op(self, name, k, d):
+        op = _op(name, c_in=3)
+        fused = op.as_conv()
+        assert isinstance(fused, nn.Conv2d)
+        assert fused.bias is None
+        assert fused.kernel_size == (k, k) and fused.dilation == (d, d)
+        x = _x(2, 3, 7, 6)
+        torch.testing.assert_close(fused(x), op(x), rtol=1e-5, atol=1e-6)
+
+    def test_as_conv_float64_and_leaves_op_unchanged(self, name, k, d):
+        op = _op(name, c_in=3, dtype=torch.float64)
+        w0 = op.conv.weight.detach().clone()
+        fused = op.as_conv()
+        assert fused.weight.dtype == torch.float64
+        assert torch.equal(op.conv.weight, w0)
+        x = _x(1, 3, 5, 5, dtype=torch.float64)
+        torch.testing.assert_close(fused(x), op(x))
+
+
+class TestDenseBlocks:
+    def test_1x1_set_weights(self):
+        # One channel: y = b·x + c·ReLU(a·x).
+        op = make_op("denseblocks_1x1", 1, 1)
+        assert isinstance(op, DenseBlock)
+        a, b, c = 2.0, 0.5, -3.0
+        with torch.no_grad():
+            op.conv1.weight.fill_(a)
+            op.conv2.weight.copy_(torch.tensor([b, c]).reshape(1, 2, 1, 1))
+        x = torch.tensor([[[[1.0, -1.0, 0.0, 2.5]]]])
+        expected = torch.tensor([[[[0.5 - 6.0, -0.5, 0.0, 1.25 - 15.0]]]])
+        torch.testing.assert_close(op(x), expected)
+
+    @pytest.mark.parametrize("name,k", [("denseblocks_1x1", 1), ("denseblocks_3x3", 3)])
+    def test_matches_functional_reference(self, name, k):
+        op = _op(name, c_in=3)
+        assert op.conv1.weight.shape == (3, 3, k, k)
+        assert op.conv2.weight.shape == (3, 6, k, k)
+        x = _x(2, 3, 6, 5)
+        y1 = torch.relu(F.conv2d(x, op.conv1.weight, padding=k // 2))
+        expected = F.conv2d(torch.cat([x, y1], 1), op.conv2.weight, padding=k // 2)
+        torch.testing.assert_close(op(x), expected)
+
+    def test_3x3_delta(self):
+        # conv1 = 0 kills the dense path: the op is conv2's x-half, a plain 3×3 correlation.
+        op = make_op("denseblocks_3x3", 1, 1)
+        w = torch.arange(1.0, 10.0).reshape(3, 3)
+        with torch.no_grad():
+            op.conv1.weight.zero_()
+            op.conv2.weight.zero_()
+            op.conv2.weight[0, 0] = w
+            op.conv2.weight[0, 1] = 100.0
+        y = op(_delta(7))[0, 0]
+        torch.testing.assert_close(y[2:5, 2:5], torch.flip(w, (0, 1)))
+        assert torch.count_nonzero(y) == 9
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory, registry and spaces
+# ---------------------------------------------------------------------------------------------
+class TestMakeOp:
+    def test_unknown_op_lists_known_ops(self):
+        with pytest.raises(GenotypeError) as info:
+            make_op("conv_7x7", 4, 4)
+        msg = str(info.value)
+        assert "'conv_7x7'" in msg
+        assert "\n" not in msg
+        for name in OPS:
+            assert name in msg
+
+    def test_each_call_builds_a_fresh_module(self):
+        a, b = make_op("conv_3x3", 4, 4), make_op("conv_3x3", 4, 4)
+        assert a is not b and a.conv.weight is not b.conv.weight
+
+    def test_register_twice_rejected(self):
+        before = dict(OPS)
+        with pytest.raises(ValueError, match="registered twice"):
+            register_op("conv_1x1")(lambda ci, co: Conv(ci, co, 1))
+        assert OPS == before
+
+    def test_space_with_unregistered_op_rejected(self):
+        before = dict(SPACES)
+        with pytest.raises(ValueError, match="unregistered op 'nope'"):
+            register_space(Space(name="bogus-test-space", hnu=("nope",), fcm=("conv_1x1",)))
+        assert SPACES == before
+
+
+class TestSpaces:
+    def test_paper_space_is_the_design_space(self):
+        paper = get_space("paper")
+        assert paper.name == "paper"
+        assert set(paper.hnu) == set(PAPER_HNU) and len(paper.hnu) == 9
+        assert set(paper.fcm) == set(PAPER_FCM) and len(paper.fcm) == 4
+        # 9 + 4 = 13 entries; the two lists share conv_1x1, conv_3x3 and dilconv_3x3, so the
+        # paper uses 10 distinct ops: exactly the 10 rows of the DESIGN §3 table.
+        assert len(paper.hnu) + len(paper.fcm) == 13
+        assert len(set(paper.hnu) | set(paper.fcm)) == 10
+        assert set(paper.hnu) & set(paper.fcm) == {"conv_1x1", "conv_3x3", "dilconv_3x3"}
+
+    def test_paper_hnu_order(self):
+        # The order is the α layout of every HNU edge in the supernet (checkpoints depend on it).
+        assert get_space("paper").hnu == PAPER_HNU
+
+    @pytest.mark.parametrize("space", sorted(SPACES))
+    def test_spaces_are_registered_and_duplicate_free(self, space):
+        s = SPACES[space]
+        assert s.name == space
+        assert len(set(s.hnu)) == len(s.hnu) and len(set(s.fcm)) == len(s.fcm)
+        assert all(op in OPS for op in s.hnu + s.fcm)
+        assert s.hnu and s.fcm
+
+    @pytest.mark.parametrize("space", sorted(SPACES))
+    def test_fcm_ops_can_change_channels(self, space):
+        # Head (3→C1) and tail (C1→3) are FCM edges: every FCM op must allow it.
+        for op in SPACES[space].fcm:
+            assert make_op(op, 3, 16)(_x(1, 3, 4, 4)).shape == (1, 16, 4, 4)
+
+    @pytest.mark.parametrize("space", sorted(SPACES))
+    def test_hnu_ops_keep_channels(self, space):
+        for op in SPACES[space].hnu:
+            assert make_op(op, 4, 4)(_x(1, 4, 4, 4)).shape == (1, 4, 4, 4)
+
+    def test_design_ops_all_registered(self):
+        assert set(PAPER_HNU) | set(PAPER_FCM) <= set(OPS)
+
+    def test_unknown_space(self):
+        with pytest.raises(GenotypeError) as info:
+            get_space("nope")
+        msg = str(info.value)
+        assert "'nope'" in msg and "paper" in msg and "\n" not in msg
+
+    def test_space_is_immutable(self):
+        with pytest.raises(Exception):
+            get_space("paper").hnu = ()  # type: ignore[misc]
