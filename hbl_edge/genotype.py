@@ -44,6 +44,8 @@ class Genotype:
         object.__setattr__(self, "encoder", tuple(self.encoder))
         object.__setattr__(self, "decoder", tuple(self.decoder))
         object.__setattr__(self, "hnu", tuple(tuple(u) for u in self.hnu))
+        if not isinstance(self.channels, (list, tuple)):
+            raise GenotypeError(f"'channels' must be two positive integers [C1, C2], got {self.channels!r}")
         object.__setattr__(self, "channels", tuple(self.channels))
         self.validate()
 
@@ -100,11 +102,14 @@ class Genotype:
         hnu = data["hnu"]
         if not isinstance(hnu, list) or not all(isinstance(u, list) for u in hnu):
             raise GenotypeError(f"{source}: 'hnu' must be a list of lists of op names")
+        encoder = _str_list(data["encoder"], "encoder", source)
+        decoder = _str_list(data["decoder"], "decoder", source)
+        units = [_str_list(u, f"hnu[{i}]", source) for i, u in enumerate(hnu)]
         try:
             return cls(
-                encoder=_str_list(data["encoder"], "encoder", source),
-                decoder=_str_list(data["decoder"], "decoder", source),
-                hnu=[_str_list(u, f"hnu[{i}]", source) for i, u in enumerate(hnu)],
+                encoder=encoder,
+                decoder=decoder,
+                hnu=units,
                 space=data.get("space", "paper"),
                 channels=data.get("channels", [16, 32]),
                 units=data.get("units", len(hnu)),

@@ -245,7 +245,7 @@ def fold_batchnorm(model: Network) -> Network:
         for branch in (unit.branch_r, unit.branch_i):
             for k in range(len(branch)):
                 branch[k] = _fold_branch_op(branch[k])
-    return folded
+    return folded.eval()  # again: the modules created while folding start in train mode
 
 
 def iter_batchnorms(model: nn.Module) -> Iterator[nn.BatchNorm2d]:

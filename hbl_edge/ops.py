@@ -177,6 +177,8 @@ register_space(
 
 
 def get_space(name: str) -> Space:
+    if not isinstance(name, str):
+        raise GenotypeError(f"unknown search space {name!r}; known spaces: {', '.join(sorted(SPACES))}")
     try:
         return SPACES[name]
     except KeyError:

@@ -313,11 +313,6 @@ def test_invalid_dict_raises_one_line_genotype_error(mutate, patterns):
         assert re.search(pat, msg), (pat, msg)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG genotype.py Genotype.from_dict: _str_list() already prefixes '{source}: ' and is "
-    "called inside the try block whose except re-raises f'{source}: {e}', so the source is "
-    "repeated: 'mine: mine: 'encoder' must be a list of op names'"
-))
 @pytest.mark.parametrize("mutate", [_set("encoder", "conv_3x3"), _set_hnu(1, 1, None)], ids=["encoder", "hnu-unit"])
 def test_source_named_once(mutate):
     d = _valid_dict()
@@ -327,11 +322,6 @@ def test_source_named_once(mutate):
     assert str(info.value).count("mine") == 1, str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG genotype.py Genotype.__post_init__: tuple(self.channels) runs before validate(), so a "
-    "non-iterable 'channels' (JSON 16 or null) raises TypeError (\"'int' object is not iterable\") "
-    "with a traceback instead of a one-line GenotypeError"
-))
 @pytest.mark.parametrize("value", [16, None], ids=["int", "null"])
 def test_non_list_channels_is_a_genotype_error(tmp_path, value):
     d = _valid_dict()
@@ -340,11 +330,6 @@ def test_non_list_channels_is_a_genotype_error(tmp_path, value):
         load_genotype(_write(tmp_path, d))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG ops.get_space / Genotype.validate: a non-hashable 'space' (JSON list or object) makes "
-    "SPACES[name] raise TypeError ('unhashable type: list'), which get_space does not catch, "
-    "instead of a one-line GenotypeError 'unknown search space'"
-))
 @pytest.mark.parametrize("value", [["paper"], {"name": "paper"}], ids=["list", "object"])
 def test_non_string_space_is_a_genotype_error(tmp_path, value):
     d = _valid_dict()

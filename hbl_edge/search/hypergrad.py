@@ -35,7 +35,7 @@ Three ways of computing it (``order``):
         \quad w^\pm = w \pm \epsilon v,\ \epsilon = 0.01 / \lVert v \rVert .
 
     Cost: one forward/backward pass of ``upper_loss`` and three of ``train_loss``; no
-    second-order autograd, so it works with any op.
+    double backward, so it works with any op.
 
 ``"first"``
     :math:`g = \nabla_u L_{up}(w, u)` at the current ``w``, the direct gradient only (DARTS
@@ -47,7 +47,8 @@ Three ways of computing it (``order``):
 ``"exact"``
     The same unrolled objective differentiated by autograd through :math:`w'(u)`
     (``create_graph=True`` on :math:`\nabla_w L_{tr}`): exact up to rounding, needs
-    double-backward support of every op and one extra graph; for tests and tiny problems.
+    double-backward support of every op and keeps the graph of ∇_w L_tr alive; for tests and
+    tiny problems.
 
 The virtual step mirrors :class:`torch.optim.SGD` exactly, including weight decay, dampening,
 Nesterov and the first step (no momentum buffer yet: ``b = d``); a lower parameter that the
@@ -104,7 +105,7 @@ __all__ = [
     "apply_hypergradient",
     "direct_gradient_is_zero",
     "hypergradient",
-    "momentum_buffers",
+    "sgd_momentum_buffers",
     "virtual_step",
 ]
 
@@ -157,7 +158,7 @@ class LowerStep:
                    nesterov=bool(g["nesterov"]))
 
 
-def momentum_buffers(optimizer: torch.optim.Optimizer,
+def sgd_momentum_buffers(optimizer: torch.optim.Optimizer,
                      params: Sequence[Tensor]) -> list[Optional[Tensor]]:
     """The SGD momentum buffer of each parameter (``None`` before its first step)."""
     return [optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
@@ -324,7 +325,7 @@ def hypergradient(
         upper_loss: closure returning L_up(w, u) at the current values (validation batch).
         step: the lower optimiser's step (:meth:`LowerStep.from_sgd`).
         momentum_buffers: the lower optimiser's momentum buffers, one per lower parameter
-            (``None`` entries before its first step); :func:`momentum_buffers` reads them.
+            (``None`` entries before its first step); :func:`sgd_momentum_buffers` reads them.
             Ignored by the first order.
         restore: extra tensors to snapshot and restore, e.g. BatchNorm running statistics
             (``list(model.buffers())``) that the extra forward passes would otherwise update.
