@@ -83,7 +83,7 @@ def _samples(data: str, task: str) -> tuple[str, list[tuple[str, Callable[[], tu
         _name, inp, tgt = src.load(i)
         return inp, tgt
 
-    return "paired", [(src.load_name(i) if hasattr(src, "load_name") else str(i), (lambda i=i: loader(i))) for i in range(len(src))]
+    return "paired", [(src.names[i], (lambda i=i: loader(i))) for i in range(len(src))]
 
 
 def evaluate(

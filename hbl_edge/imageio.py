@@ -120,13 +120,13 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
 def _decode(path: Path) -> tuple[np.ndarray, int]:
     """Pixels in their stored depth and channel count, plus the EXIF orientation (1..8)."""
     with Image.open(path) as im:
-        orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
         if im.format == "PNG" and _is_png16_colour(path):
-            return _read_png16(path), orientation
+            return _read_png16(path), exif_orientation(im)
         if im.format == "TIFF" and im.mode not in ("I;16", "I;16B", "I;16L", "I", "F") \
                 and _tiff_bits(im) > 8:
-            return _read_tiff_deep(path, im), orientation
+            return _read_tiff_deep(path, im), exif_orientation(im)
         im.load()  # decode now, so truncation surfaces here and not later
+        orientation = exif_orientation(im)
         if im.mode.startswith("I;16"):
             return np.asarray(im).astype(np.uint16), orientation
         if im.mode in ("I", "F"):
@@ -136,6 +136,26 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
         # '1', 'P', 'PA', 'LA', 'RGBA', 'CMYK', 'YCbCr', ...: Pillow's own conversion is right
         # (palette lookup, CMYK inversion); alpha is dropped.
         return np.asarray(im.convert("RGB")), orientation
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """EXIF orientation (1..8, 1 = upright) of an open image, without decoding pixels.
+
+    PNG's ``getexif()`` decodes the whole image to look for a trailing eXIf chunk, so for
+    PNG only what is already parsed is used: an eXIf chunk before the pixel data (where
+    writers put it), or any eXIf once the image is loaded. A malformed EXIF block means 1.
+    """
+    try:
+        if im.format == "PNG":
+            exif = Image.Exif()
+            if "exif" in im.info:
+                exif.load(im.info["exif"])
+        else:
+            exif = im.getexif()
+        value = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # EXIF is metadata: never let a broken block lose the pixels
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _normalise(array: np.ndarray, path: Path) -> np.ndarray:

@@ -37,7 +37,6 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import kornia
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import LossSpecError
@@ -160,8 +159,9 @@ def color_angle(
         :math:`(N, H, W)` angles in degrees, in ``[0, 180]``.
 
     Reference:
-        Hu et al., the angular error of colour constancy; used as a colour loss in e.g. Wang et
-        al., "Underexposed Photo Enhancement using Deep Illumination Estimation", CVPR 2019.
+        Hordley & Finlayson, "Reevaluation of color constancy algorithm performance", JOSA A
+        2006 (angular error); as a loss, e.g. Wang et al., "Underexposed Photo Enhancement
+        using Deep Illumination Estimation", CVPR 2019.
     """
     _check_pair(pred, target, rgb=True)
     u = pred + shift
@@ -246,22 +246,21 @@ def _load_state_dict(path: PathLike, term: str, flag: str) -> dict[str, torch.Te
     if not p.is_file():
         raise LossSpecError(f"{term} weight file not found: {p}; pass an existing local file with {flag}")
     suffix = p.suffix.lower()
+    if suffix not in (".safetensors", ".pth", ".pt"):
+        raise LossSpecError(
+            f"{term} weight file {p} must end in .safetensors, .pth or .pt (got {suffix or 'no suffix'!r})"
+        )
     try:
         if suffix == ".safetensors":
             from safetensors.torch import load_file
 
             sd: Any = load_file(str(p))
-        elif suffix in (".pth", ".pt"):
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
         else:
-            raise LossSpecError(
-                f"{term} weight file {p} must end in .safetensors, .pth or .pt (got {suffix or 'no suffix'!r})"
-            )
-    except LossSpecError:
-        raise
-    except Exception as exc:  # corrupt or non-tensor pickle: a user file problem
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file or a pickle holding more than tensors: a user file problem
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise LossSpecError(
-            f"cannot read {term} weight file {p} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"cannot read {term} weight file {p} ({type(exc).__name__}: {reason}); "
             "expected a state dict saved with safetensors or torch.save"
         ) from exc
     # Some checkpoints wrap the state dict.
@@ -273,33 +272,49 @@ def _load_state_dict(path: PathLike, term: str, flag: str) -> dict[str, torch.Te
 
 
 def _fill(
-    module_params: Mapping[str, torch.Tensor],
+    net: nn.Module,
     found: Mapping[str, torch.Tensor | None],
     path: PathLike,
     term: str,
     expected: str,
+    file_key: Callable[[str], str] = str,
 ) -> None:
-    """Copy ``found[name]`` into ``module_params[name]``, or fail listing what is missing/wrong."""
-    missing = [k for k, v in found.items() if v is None]
+    """Copy ``found[name]`` into ``net``'s parameter ``name``, or fail saying what is missing/wrong.
+
+    ``file_key`` maps a parameter name to the key the user's file should use; missing keys are
+    reported per group (backbone ``features.*`` / heads) so one message says everything.
+    """
+    params = dict(net.named_parameters())
+    missing = [file_key(k) for k, v in found.items() if v is None]
     if missing:
-        shown = ", ".join(missing[:4]) + (f" … ({len(missing)} missing)" if len(missing) > 4 else "")
-        raise LossSpecError(f"{term} weight file {path} lacks {shown}; expected {expected}")
+        groups: dict[str, list[str]] = {}
+        for k in missing:
+            groups.setdefault("backbone" if k.startswith("features.") else "head", []).append(k)
+        parts = [
+            f"{len(ks)} {g} key{'s' if len(ks) > 1 else ''} ({', '.join(ks[:3])}{', …' if len(ks) > 3 else ''})"
+            for g, ks in groups.items()
+        ]
+        raise LossSpecError(f"{term} weight file {path} lacks {' and '.join(parts)}; the file should hold {expected}")
     for name, value in found.items():
-        dst = module_params[name]
         assert value is not None
-        if tuple(value.shape) != tuple(dst.shape):
+        if tuple(value.shape) != tuple(params[name].shape):
             raise LossSpecError(
-                f"{term} weight file {path}: {name} has shape {tuple(value.shape)}, expected "
-                f"{tuple(dst.shape)}; expected {expected}"
+                f"{term} weight file {path}: {file_key(name)} has shape {tuple(value.shape)}, expected "
+                f"{tuple(params[name].shape)}; the file should hold {expected}"
             )
     with torch.no_grad():
         for name, value in found.items():
             assert value is not None
-            module_params[name].copy_(value.to(module_params[name].dtype))
+            params[name].copy_(value.to(params[name].dtype))
 
 
-def _vgg_features(cfg: Sequence[int | str]) -> nn.Sequential:
-    """torchvision's ``vgg*.features`` layout: conv3×3(pad 1)+ReLU per int, MaxPool2d(2) per 'M'."""
+def _vgg_features(cfg: Sequence[int | str], init_weights: bool = True) -> nn.Sequential:
+    """torchvision's ``vgg*.features`` layout: conv3×3(pad 1)+ReLU per int, MaxPool2d(2) per 'M'.
+
+    ``init_weights=False`` allocates the convs uninitialised (built on the meta device), for
+    loaders that overwrite every parameter: it saves the random init of ~20 M weights.
+    """
+    device = None if init_weights else torch.device("meta")
     layers: list[nn.Module] = []
     c_in = 3
     for v in cfg:
@@ -307,9 +322,10 @@ def _vgg_features(cfg: Sequence[int | str]) -> nn.Sequential:
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             assert isinstance(v, int)
-            layers += [nn.Conv2d(c_in, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
+            layers += [nn.Conv2d(c_in, v, kernel_size=3, padding=1, device=device), nn.ReLU(inplace=False)]
             c_in = v
-    return nn.Sequential(*layers)
+    seq = nn.Sequential(*layers)
+    return seq if init_weights else seq.to_empty(device="cpu")
 
 
 def _freeze(m: nn.Module) -> nn.Module:
@@ -322,31 +338,20 @@ def _conv_keys(seq: nn.Sequential) -> list[int]:
     return [i for i, m in enumerate(seq) if isinstance(m, nn.Conv2d)]
 
 
-def _backbone_from_sd(
-    features: nn.Sequential,
-    sd: Mapping[str, torch.Tensor],
-    path: PathLike,
-    term: str,
-    expected: str,
-    alt_prefixes: Callable[[int], list[str]],
-) -> None:
-    """Fill a torchvision-indexed ``features`` stack from ``sd`` (several key namings)."""
-    params = dict(features.named_parameters())
+def _find_backbone(
+    features: nn.Sequential, sd: Mapping[str, torch.Tensor], prefixes: Callable[[int], list[str]]
+) -> dict[str, torch.Tensor | None]:
+    """``features.N.weight/bias`` → the tensor found in ``sd`` under one of ``prefixes(N)`` (or None)."""
     found: dict[str, torch.Tensor | None] = {}
     for i in _conv_keys(features):
         for kind in ("weight", "bias"):
             value = None
-            for prefix in alt_prefixes(i):
+            for prefix in prefixes(i):
                 value = sd.get(f"{prefix}{kind}")
                 if value is not None:
                     break
-            found[f"{i}.{kind}"] = value
-    # Report missing keys in the file's main naming, not our internal one.
-    if any(v is None for v in found.values()):
-        missing = [f"features.{k}" for k, v in found.items() if v is None]
-        shown = ", ".join(missing[:4]) + (f" … ({len(missing)} missing)" if len(missing) > 4 else "")
-        raise LossSpecError(f"{term} weight file {path} lacks {shown}; expected {expected}")
-    _fill(params, found, path, term, expected)
+            found[f"features.{i}.{kind}"] = value
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,6 +391,8 @@ class VGG19Features(nn.Module):
     loads unchanged (:func:`load_vgg19_features`). Parameters never require grad and the module
     stays in eval mode (``train()`` is a no-op), but gradients flow to the input.
 
+    ``init_weights=False`` leaves the convs uninitialised (for :func:`load_vgg19_features`).
+
     Args:
         x: :math:`(N, 3, H, W)` RGB in ``[0, 1]``.
         indices: the ``features`` indices whose outputs to return.
@@ -398,9 +405,9 @@ class VGG19Features(nn.Module):
         Recognition", ICLR 2015.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, init_weights: bool = True) -> None:
         super().__init__()
-        self.features = _vgg_features(VGG19_CFG)
+        self.features = _vgg_features(VGG19_CFG, init_weights)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         _freeze(self)
@@ -431,10 +438,9 @@ def load_vgg19_features(path: PathLike) -> VGG19Features:
     (a ``.features`` state dict). Raises :class:`LossSpecError` naming what is missing.
     """
     sd = _load_state_dict(path, "vgg", "--vgg-weights PATH")
-    net = VGG19Features()
-    _backbone_from_sd(
-        net.features, sd, path, "vgg", VGG_EXPECTED, lambda i: [f"features.{i}.", f"{i}."]
-    )
+    net = VGG19Features(init_weights=False)
+    found = _find_backbone(net.features, sd, lambda i: [f"features.{i}.", f"{i}."])
+    _fill(net, found, path, "vgg", VGG_EXPECTED)
     return _freeze(net)  # type: ignore[return-value]
 
 
@@ -557,7 +563,7 @@ LPIPS_SCALE = (0.458, 0.448, 0.450)
 _LPIPS_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
 _LPIPS_SLICE_OF = {i: k + 1 for k, (a, b) in enumerate(_LPIPS_SLICES) for i in range(a, b)}
 LPIPS_EXPECTED = (
-    "one file with the VGG16 backbone as torchvision vgg16 keys features.N.weight/bias "
+    "the VGG16 backbone as torchvision vgg16 keys features.N.weight/bias "
     "(N = 0,2,5,7,10,12,14,17,19,21,24,26,28; N.* or lpips' net.sliceK.N.* also accepted) and the 5 "
     "heads as in the lpips package, lin0.model.1.weight … lin4.model.1.weight (or lins.K.model.1.weight)"
 )
@@ -574,6 +580,7 @@ class LPIPS(nn.Module):
 
     where :math:`f^l` are the relu1_2 … relu5_3 activations of VGG16 on
     :math:`(2x - 1 - \text{shift}) / \text{scale}` and :math:`w_l \ge 0` the 1×1 "lin" heads.
+    ``init_weights=False`` leaves the backbone uninitialised (for :func:`load_lpips`).
 
     Args:
         x, x0: :math:`(N, 3, H, W)` RGB in ``[0, 1]`` (scaled to ``[−1, 1]`` inside).
@@ -586,9 +593,9 @@ class LPIPS(nn.Module):
         CVPR 2018; weights layout of https://github.com/richzhang/PerceptualSimilarity.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, init_weights: bool = True) -> None:
         super().__init__()
-        self.features = _vgg_features(VGG16_CFG)[: LPIPS_TAPS[-1] + 1]
+        self.features = _vgg_features(VGG16_CFG, init_weights)[: LPIPS_TAPS[-1] + 1]
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in LPIPS_CHANNELS)
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
@@ -628,20 +635,17 @@ def load_lpips(path: PathLike) -> LPIPS:
         safetensors.torch.save_file(sd, "lpips_vgg.safetensors")
     """
     sd = _load_state_dict(path, "lpips", "--lpips-weights PATH")
-    net = LPIPS()
-    _backbone_from_sd(
-        net.features,
-        sd,
-        path,
-        "lpips",
-        LPIPS_EXPECTED,
-        lambda i: [f"features.{i}.", f"{i}.", f"net.slice{_LPIPS_SLICE_OF[i]}.{i}."],
+    net = LPIPS(init_weights=False)
+    found = _find_backbone(
+        net.features, sd, lambda i: [f"features.{i}.", f"{i}.", f"net.slice{_LPIPS_SLICE_OF[i]}.{i}."]
     )
-    heads = {f"{k}.weight": sd.get(f"lin{k}.model.1.weight", sd.get(f"lins.{k}.model.1.weight")) for k in range(5)}
-    if any(v is None for v in heads.values()):
-        missing = [f"lin{k[0]}.model.1.weight" for k, v in heads.items() if v is None]
-        raise LossSpecError(f"lpips weight file {path} lacks {', '.join(missing)}; expected {LPIPS_EXPECTED}")
-    _fill(dict(net.heads.named_parameters()), heads, path, "lpips", LPIPS_EXPECTED)
+    for k in range(len(LPIPS_CHANNELS)):
+        found[f"heads.{k}.weight"] = sd.get(f"lin{k}.model.1.weight", sd.get(f"lins.{k}.model.1.weight"))
+
+    def file_key(name: str) -> str:  # heads.K.weight is lin{K}.model.1.weight in the lpips package
+        return f"lin{name.split('.')[1]}.model.1.weight" if name.startswith("heads.") else name
+
+    _fill(net, found, path, "lpips", LPIPS_EXPECTED, file_key)
     return _freeze(net)  # type: ignore[return-value]
 
 
@@ -666,6 +670,9 @@ class LPIPSLoss(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+TermFactory = Callable[..., nn.Module]
+
+
 @dataclass(frozen=True)
 class TermSpec:
     """A registered loss term.
@@ -675,7 +682,7 @@ class TermSpec:
     """
 
     name: str
-    make: Callable[..., nn.Module]
+    make: TermFactory
     weights_flag: str | None = None
     doc: str = ""
 
@@ -683,10 +690,10 @@ class TermSpec:
 LOSS_TERMS: dict[str, TermSpec] = {}
 
 
-def register_term(name: str, weights_flag: str | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_term(name: str, weights_flag: str | None = None) -> Callable[[TermFactory], TermFactory]:
     """Register a term factory ``make(weights_path, **options) -> nn.Module`` under ``name``."""
 
-    def deco(make: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def deco(make: TermFactory) -> TermFactory:
         if name in LOSS_TERMS:
             raise ValueError(f"loss term {name!r} registered twice")
         doc = (make.__doc__ or "").strip().splitlines()[0] if make.__doc__ else ""
@@ -842,7 +849,8 @@ class LossSpec:
             raise LossSpecError(f"unknown loss spec format {fmt!r}; this version of hbl-edge reads {FORMAT!r}")
         extra = sorted(set(d) - _SPEC_KEYS)
         if extra:
-            raise LossSpecError(f"unknown key(s) {', '.join(extra)} in loss spec; allowed: {', '.join(sorted(_SPEC_KEYS))}")
+            allowed = ", ".join(sorted(_SPEC_KEYS))
+            raise LossSpecError(f"unknown key(s) {', '.join(extra)} in loss spec; allowed: {allowed}")
         terms = d.get("terms")
         if not isinstance(terms, Mapping):
             raise LossSpecError('loss spec needs "terms": {"name": weight, ...}')
@@ -904,7 +912,9 @@ def parse_loss_spec(text_or_path: Union[str, "os.PathLike[str]", LossSpec]) -> L
         return _parse_text(text)
     p = Path(text_or_path)
     if not p.is_file():
-        raise LossSpecError(f"loss spec file not found: {p}; give an existing loss.json or a string like 'l1=1,ssim=0.5'")
+        raise LossSpecError(
+            f"loss spec file not found: {p}; give an existing loss.json or a string like 'l1=1,ssim=0.5'"
+        )
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

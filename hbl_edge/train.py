@@ -10,6 +10,7 @@ RNG states and the step, written atomically. A run directory ends with the model
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -120,7 +121,7 @@ def validate(model: Network, source, crop: int | None) -> dict[str, float]:
     ps, ss, ps_in, ss_in = [], [], [], []
     for _name, inp, tgt in val_batches(source, crop=crop):
         out = model(inp).clamp(0, 1)
-        ps.append(psnr(out, tgt).mean().item())
+        ps.append(psnr(out, tgt).clamp(max=100.0).mean().item())  # identical images give inf
         ss.append(ssim(out, tgt).mean().item())
         ps_in.append(psnr(inp, tgt).mean().item())
         ss_in.append(ssim(inp, tgt).mean().item())
@@ -231,8 +232,10 @@ def train(
         write_json(out / "config.json", {**asdict(cfg), "versions": versions()})
     model.train()
 
-    history = read_jsonl(out / "log.jsonl") if resume else []
-    history = [r for r in history if r.get("step", 0) <= start]
+    history = [r for r in read_jsonl(out / "log.jsonl") if r.get("step", 0) <= start] if resume else []
+    if resume:  # drop records written after the checkpoint: those steps are about to be redone
+        with atomic_path(out / "log.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
     step = start
     interrupted = False
     t0 = time.perf_counter()
@@ -299,8 +302,6 @@ def train(
 
 
 def _read_config(out: Path) -> dict[str, Any] | None:
-    import json
-
     p = out / "config.json"
     if not p.exists():
         return None
