@@ -97,7 +97,6 @@ def train(
 ) -> None:
     """Train a network of a fixed genotype (stage T) and write a model bundle."""
     from .train import TrainConfig
-    from .train import train as run_train
 
     cfg = TrainConfig(
         task=task, genotype=genotype, loss=loss, data=data, out=str(out), steps=steps, batch_size=batch_size,
@@ -117,10 +116,11 @@ def train(
 
 
 def _train_with_progress(cfg, resume: bool = False, description: str = "train"):
-    from .train import train as run_train
+    from .train import TrainSession
 
+    session = TrainSession(cfg, resume=resume)  # every user error surfaces before drawing
     with _progress() as prog:
-        bar = prog.add_task(description, total=cfg.steps, status="")
+        bar = prog.add_task(description, total=cfg.steps, completed=session.step, status="")
         last_val: dict[str, str] = {"v": ""}
 
         def on_step(step: int, rec: dict) -> None:
@@ -128,7 +128,7 @@ def _train_with_progress(cfg, resume: bool = False, description: str = "train"):
                 last_val["v"] = f"val {rec['val_psnr']:.2f} dB"
             prog.update(bar, completed=step, status=f"loss {rec['loss']:.4f} {last_val['v']}")
 
-        return run_train(cfg, resume=resume, progress=on_step)
+        return session.run(on_step)
 
 
 @app.command()
@@ -143,12 +143,16 @@ def enhance(
 ) -> None:
     """Enhance images with a trained model bundle."""
     from .enhance import enhance_paths
+    from .evaluate import model_method
 
+    if tile is not None and tile < 32:
+        raise ConfigError(f"--tile must be at least 32 pixels, got {tile}")
     files = _collect_images(inputs)
+    method = model_method(model, tile=tile, threads=threads)
     with _progress() as prog:
         bar = prog.add_task("enhance", total=len(files), status="")
         report = enhance_paths(
-            files, model, out, tile=tile, threads=threads, overwrite=overwrite,
+            files, method, out, overwrite=overwrite,
             progress=lambda i, name: prog.update(bar, completed=i, status=name),
         )
     console.print(f"[green]wrote[/] {report['written']} image(s) to {out}" + (

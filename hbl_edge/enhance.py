@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import ImageLoadError
-from .evaluate import model_method
+from .evaluate import Method
 from .imageio import load_image, save_image
 
 log = logging.getLogger(__name__)
@@ -15,17 +15,14 @@ log = logging.getLogger(__name__)
 
 def enhance_paths(
     files: Sequence[Path],
-    model: str | Path,
+    method: Method,
     out: str | Path,
     *,
-    tile: int | None = None,
-    threads: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int, str], None] | None = None,
 ) -> dict:
     """Enhance ``files`` into ``out`` as PNG (same stem). Unreadable files are reported and skipped;
-    existing outputs are kept unless ``overwrite``."""
-    method = model_method(model, tile=tile, threads=threads)
+    existing outputs are kept unless ``overwrite``. ``method``: see :func:`hbl_edge.evaluate.model_method`."""
     out = Path(out)
     written, failed, existing = 0, [], 0
     for i, f in enumerate(files):

@@ -183,6 +183,124 @@ def _check_out_dir(out: Path, resume: bool) -> None:
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
 
 
+class TrainSession:
+    """A prepared training run: everything checked, data opened, state restored on resume.
+
+    Preparing is separate from running so every user mistake (bad option, data path, run
+    directory) surfaces before anything is drawn or written.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, provenance: dict[str, Any] | None = None) -> None:
+        cfg.validate()
+        out = Path(cfg.out)
+        _check_out_dir(out, resume)
+        if resume:
+            saved = _read_config(out)
+            if saved is not None and saved != asdict(cfg):
+                diff = sorted(k for k in saved if saved.get(k) != asdict(cfg).get(k))
+                raise ConfigError(f"--resume with different settings than the saved run ({', '.join(diff)}); use the same options")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed, cfg.deterministic)
+
+        task = get_task(cfg.task)
+        self.cfg, self.out, self.provenance = cfg, out, provenance or {}
+        self.spec = parse_loss_spec(cfg.loss or ",".join(f"{k}={v}" for k, v in task.default_loss.items()))
+        self.criterion = build_loss(self.spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights)
+        train_src = open_dataset(cfg.data, cfg.task, "train", strict=cfg.strict_data, seed=cfg.seed)
+        self.val_src = open_dataset(cfg.data, cfg.task, "val", strict=cfg.strict_data, seed=cfg.seed)
+        self.sampler = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=cfg.seed)
+
+        self.model = Network(load_genotype(cfg.genotype))
+        self.opt = make_optimizer(cfg, self.model.parameters())
+        self.sched = make_schedule(cfg, self.opt)
+        self.step, self.best = 0, {}
+        if resume:
+            state = torch.load(out / STATE, weights_only=True)
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["schedule"])
+            torch.set_rng_state(state["torch_rng"])
+            self.step, self.best = state["step"], state["best"]
+            log.info("resuming %s at step %d", out, self.step)
+            # Drop records written after the checkpoint: those steps are about to be redone.
+            self.history = [r for r in read_jsonl(out / "log.jsonl") if r.get("step", 0) <= self.step]
+            with atomic_path(out / "log.jsonl") as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", {**asdict(cfg), "versions": versions()})
+            self.history = []
+
+    def run(self, progress: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+        """Train to ``cfg.steps``; ``progress(step, record)`` is called after every step."""
+        cfg, out, model, opt, sched = self.cfg, self.out, self.model, self.opt, self.sched
+        model.train()
+        interrupted = False
+        t0 = time.perf_counter()
+        with _StopFlag() as flag:
+            while self.step < cfg.steps:
+                rec = self._train_step()
+                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                    val = validate(model, self.val_src, cfg.val_crop)
+                    rec.update({f"val_{k}": v for k, v in val.items()})
+                    if val["psnr"] > self.best.get("val_psnr", -math.inf):
+                        self.best = {"val_psnr": val["psnr"], "val_ssim": val["ssim"], "step": self.step}
+                append_jsonl(out / "log.jsonl", rec)
+                self.history.append(rec)
+                if progress:
+                    progress(self.step, rec)
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or flag.stop:
+                    _save_state(out / STATE, model, opt, sched, self.step, self.best)
+                if flag.stop:
+                    interrupted = True
+                    break
+
+        if interrupted:
+            log.warning("stopped at step %d/%d; continue with the same command plus --resume", self.step, cfg.steps)
+            return TrainResult(out, self.step, {}, self.history, interrupted=True)
+
+        final = validate(model, self.val_src, cfg.val_crop)
+        metrics = {
+            "val_psnr": final["psnr"],
+            "val_ssim": final["ssim"],
+            "val_input_psnr": final["input_psnr"],
+            "val_input_ssim": final["input_ssim"],
+            "best": self.best,
+            "train_seconds_this_session": time.perf_counter() - t0,
+        }
+        prov = {
+            "stage": "T",
+            "config": asdict(cfg),
+            "data": cfg.data,
+            "steps": cfg.steps,
+            "parameters": count_parameters(model),
+            **self.provenance,
+        }
+        save_bundle(out, model.eval(), task=cfg.task, loss=self.spec.to_dict(), provenance=prov, metrics=metrics)
+        plot_training(self.history, out / "plots" / "train_curves.png")
+        return TrainResult(out, self.step, metrics, self.history)
+
+    def _train_step(self) -> dict[str, Any]:
+        inp, tgt = self.sampler.batch(self.step)
+        loss, terms = self.criterion(self.model(inp), tgt)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; lower --lr or check the data")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return {
+            "step": self.step,
+            "loss": loss.item(),
+            "lr": self.opt.param_groups[0]["lr"],
+            "grad_norm": float(gnorm),
+            **{f"loss_{k}": v.item() for k, v in terms.items()},
+        }
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -195,110 +313,7 @@ def train(
     ``progress(step, record)`` is called after every step (the CLI draws a progress bar with
     it). ``provenance`` is merged into the bundle's provenance (the search passes its run).
     """
-    cfg.validate()
-    out = Path(cfg.out)
-    _check_out_dir(out, resume)
-    if resume:
-        saved = _read_config(out)
-        if saved is not None and saved != asdict(cfg):
-            diff = sorted(k for k in saved if saved.get(k) != asdict(cfg).get(k))
-            raise ConfigError(f"--resume with different settings than the saved run ({', '.join(diff)}); use the same options")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed, cfg.deterministic)
-
-    task = get_task(cfg.task)
-    genotype = load_genotype(cfg.genotype)
-    spec = parse_loss_spec(cfg.loss) if cfg.loss else parse_loss_spec(",".join(f"{k}={v}" for k, v in task.default_loss.items()))
-    criterion = build_loss(spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights)
-    train_src = open_dataset(cfg.data, cfg.task, "train", strict=cfg.strict_data, seed=cfg.seed)
-    val_src = open_dataset(cfg.data, cfg.task, "val", strict=cfg.strict_data, seed=cfg.seed)
-    sampler = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=cfg.seed)
-
-    model = Network(genotype)
-    opt = make_optimizer(cfg, model.parameters())
-    sched = make_schedule(cfg, opt)
-    start, best = 0, {}
-    if resume:
-        state = torch.load(out / STATE, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["torch_rng"])
-        start, best = state["step"], state["best"]
-        log.info("resuming %s at step %d", out, start)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {**asdict(cfg), "versions": versions()})
-    model.train()
-
-    history = [r for r in read_jsonl(out / "log.jsonl") if r.get("step", 0) <= start] if resume else []
-    if resume:  # drop records written after the checkpoint: those steps are about to be redone
-        with atomic_path(out / "log.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-    step = start
-    interrupted = False
-    t0 = time.perf_counter()
-    with _StopFlag() as flag:
-        while step < cfg.steps:
-            inp, tgt = sampler.batch(step)
-            pred = model(inp)
-            loss, terms = criterion(pred, tgt)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            sched.step()
-            step += 1
-            rec: dict[str, Any] = {
-                "step": step,
-                "loss": loss.item(),
-                "lr": opt.param_groups[0]["lr"],
-                "grad_norm": float(gnorm),
-                **{f"loss_{k}": v.item() for k, v in terms.items()},
-            }
-            if step % cfg.val_every == 0 or step == cfg.steps:
-                val = validate(model, val_src, cfg.val_crop)
-                rec.update({f"val_{k}": v for k, v in val.items()})
-                if val["psnr"] > best.get("val_psnr", -math.inf):
-                    best = {"val_psnr": val["psnr"], "val_ssim": val["ssim"], "step": step}
-            append_jsonl(out / "log.jsonl", rec)
-            history.append(rec)
-            if progress:
-                progress(step, rec)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps or flag.stop:
-                _save_state(out / STATE, model, opt, sched, step, best)
-            if flag.stop:
-                interrupted = True
-                break
-
-    elapsed = time.perf_counter() - t0
-    if interrupted:
-        log.warning("stopped at step %d/%d; continue with the same command plus --resume", step, cfg.steps)
-        return TrainResult(out, step, {}, history, interrupted=True)
-
-    final = validate(model, val_src, cfg.val_crop)
-    metrics = {
-        "val_psnr": final["psnr"],
-        "val_ssim": final["ssim"],
-        "val_input_psnr": final["input_psnr"],
-        "val_input_ssim": final["input_ssim"],
-        "best": best,
-        "train_seconds_this_session": elapsed,
-    }
-    prov = {
-        "stage": "T",
-        "config": asdict(cfg),
-        "data": cfg.data,
-        "steps": cfg.steps,
-        "parameters": count_parameters(model),
-        **(provenance or {}),
-    }
-    save_bundle(out, model.eval(), task=cfg.task, loss=spec.to_dict(), provenance=prov, metrics=metrics)
-    plot_training(history, out / "plots" / "train_curves.png")
-    return TrainResult(out, step, metrics, history)
+    return TrainSession(cfg, resume=resume, provenance=provenance).run(progress)
 
 
 def _read_config(out: Path) -> dict[str, Any] | None:

@@ -69,15 +69,20 @@ def run_image(
     image: np.ndarray,
     *,
     tile: int | None = None,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Enhance one H×W×3 image in [0,1]; tiles when ``tile`` is set or the image is large."""
+    """Enhance one H×W×3 image in [0,1]; tiles when ``tile`` is set or the image is large.
+
+    ``overlap`` defaults to 64 px, or a quarter of a smaller tile.
+    """
     chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     h, w = image.shape[:2]
     if tile is None and h * w > max_pixels:
         tile = DEFAULT_TILE
     if tile is not None and (h > tile or w > tile):
+        if overlap is None:
+            overlap = min(DEFAULT_OVERLAP, tile // 4)
         out = run_tiled(run, chw, tile=tile, overlap=overlap)
     else:
         out = run(chw[None])[0]
