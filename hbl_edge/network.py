@@ -14,8 +14,11 @@ where each branch is 4 searched ops, each followed by BatchNorm(affine=False), w
 between ops. σ after ReLU puts the map in [0.5, 1): each unit amplifies at most 2×, which is
 what keeps 7 chained divisions stable (as in the reference code).
 
-Edges are created by :meth:`Network.make_edge`, which the search supernet overrides to put a
-mixed op on every edge; everything else (topology, padding, HNU maths) is shared.
+Edges are created by :meth:`Network.make_edge`, which the search supernet
+(:class:`hbl_edge.search.supernet.Supernet`) overrides to put a mixed op on every edge;
+everything else (topology, padding, HNU maths) is shared. An HNU edge is a *normed* edge: its
+output is already batch-normalised (:class:`BranchNorm` here, a mixed op with one BatchNorm
+per candidate in the supernet).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .genotype import BRANCH_OPS, Genotype, GenotypeLike, load_genotype
-from .ops import Conv, DenseBlock, Identity, ResConv, make_op
+from .ops import ChannelAffine, make_op
 
 PAD_MULTIPLE = 4
 MAP_FLOOR = 0.01
@@ -52,6 +55,9 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> tuple[torc
 class BranchNorm(nn.Module):
     """An HNU op followed by BatchNorm(affine=False); after folding, the BN is gone."""
 
+    #: Marks an edge whose output is already normalised: :class:`HNU` uses it as it is.
+    normed_output = True
+
     def __init__(self, op: nn.Module, channels: int) -> None:
         super().__init__()
         self.op = op
@@ -61,13 +67,21 @@ class BranchNorm(nn.Module):
         return self.bn(self.op(x))
 
 
+def _normed(edge: nn.Module, channels: int) -> nn.Module:
+    return edge if getattr(edge, "normed_output", False) else BranchNorm(edge, channels)
+
+
 class HNU(nn.Module):
-    """Hadamard-inspired neural unit: a learned numerator divided by a learned map."""
+    """Hadamard-inspired neural unit: a learned numerator divided by a learned map.
+
+    ``r_ops`` / ``i_ops`` are the 4 edges of each branch: plain ops (each gets wrapped in a
+    :class:`BranchNorm`) or edges that already normalise their output (``normed_output``).
+    """
 
     def __init__(self, r_ops: list[nn.Module], i_ops: list[nn.Module], channels: int) -> None:
         super().__init__()
-        self.branch_r = nn.ModuleList(BranchNorm(op, channels) for op in r_ops)
-        self.branch_i = nn.ModuleList(BranchNorm(op, channels) for op in i_ops)
+        self.branch_r = nn.ModuleList(_normed(op, channels) for op in r_ops)
+        self.branch_i = nn.ModuleList(_normed(op, channels) for op in i_ops)
 
     @staticmethod
     def _branch(ops: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
@@ -102,8 +116,12 @@ class Network(nn.Module):
     def __init__(self, genotype: Genotype) -> None:
         super().__init__()
         self.genotype = genotype
-        c1, c2 = genotype.channels
+        self._build(genotype.channels, genotype.units)
 
+    # -- construction -----------------------------------------------------------------------
+    def _build(self, channels: tuple[int, int], units: int) -> None:
+        """Create the layers; every searched edge comes from :meth:`make_edge`."""
+        c1, c2 = channels
         self.head = self.make_edge("encoder", 0, 3, c1)
         self.enc_full = nn.Sequential(*self._pairs("encoder", 1, c1))
         self.down1 = nn.Conv2d(c1, c2, 2, stride=2, bias=False)
@@ -115,7 +133,7 @@ class Network(nn.Module):
                 [self.make_edge("hnu", (u, BRANCH_OPS + k), c2, c2) for k in range(BRANCH_OPS)],
                 c2,
             )
-            for u in range(genotype.units)
+            for u in range(units)
         )
         self.up1 = nn.ConvTranspose2d(c2, c2, 2, stride=2, bias=False)
         self.dec_half = nn.Sequential(*self._pairs("decoder", 0, c2))
@@ -123,15 +141,16 @@ class Network(nn.Module):
         self.dec_full = nn.Sequential(*self._pairs("decoder", 4, c1))
         self.tail = self.make_edge("decoder", 8, c1, 3)
 
-    # -- construction -----------------------------------------------------------------------
     def make_edge(self, group: str, index, c_in: int, c_out: int) -> nn.Module:
-        """The module on one searched edge; ``index`` is an int, or (unit, edge) for HNUs."""
+        """The module on one searched edge; ``index`` is an int, or (unit, edge) for HNUs.
+
+        HNU edges are normed edges (op + BatchNorm, :class:`BranchNorm`); encoder/decoder
+        edges are bare ops.
+        """
         if group == "hnu":
             unit, edge = index
-            name = self.genotype.hnu[unit][edge]
-        else:
-            name = getattr(self.genotype, group)[index]
-        return make_op(name, c_in, c_out)
+            return BranchNorm(make_op(self.genotype.hnu[unit][edge], c_in, c_out), c_out)
+        return make_op(getattr(self.genotype, group)[index], c_in, c_out)
 
     def _pairs(self, group: str, start: int, c: int) -> list[ResidualPair]:
         return [
@@ -170,32 +189,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# BatchNorm folding
+# BatchNorm folding (per-op rules live with the ops: ``fold_output_affine``, see hbl_edge.ops)
 # ---------------------------------------------------------------------------------------------
-class ChannelAffine(nn.Module):
-    """y = x · scale + shift per channel: what skip_connect + BatchNorm becomes after folding."""
-
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("scale", scale.reshape(1, -1, 1, 1).clone())
-        self.register_buffer("shift", shift.reshape(1, -1, 1, 1).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
-
-
-class FoldedDense(nn.Module):
-    """A dense block whose last conv carries the folded BatchNorm (as a bias)."""
-
-    def __init__(self, conv1: nn.Conv2d, conv2: nn.Conv2d) -> None:
-        super().__init__()
-        self.conv1 = conv1
-        self.conv2 = conv2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(torch.cat([x, torch.relu(self.conv1(x))], dim=1))
-
-
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Running-statistics BatchNorm as y = x·scale + shift."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
@@ -206,30 +201,17 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def _fold_into_conv(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-        padding=conv.padding, dilation=conv.dilation, bias=True,
-    ).to(conv.weight)
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-    fused.bias.copy_(bias * scale + shift)
-    return fused
-
-
 @torch.no_grad()
-def _fold_branch_op(m: BranchNorm) -> nn.Module:
+def _fold_branch_op(m: nn.Module) -> nn.Module:
+    if not isinstance(m, BranchNorm):
+        raise TypeError(f"cannot fold BatchNorm in a {type(m).__name__} edge; fold a Network, not a supernet")
+    fold = getattr(m.op, "fold_output_affine", None)
+    if fold is None:
+        raise TypeError(
+            f"cannot fold BatchNorm after {type(m.op).__name__}; implement fold_output_affine(scale, shift) on it"
+        )
     scale, shift = _bn_affine(m.bn)
-    op = m.op
-    if isinstance(op, Identity):
-        return ChannelAffine(scale, shift)
-    if isinstance(op, ResConv):
-        return _fold_into_conv(op.as_conv(), scale, shift)
-    if isinstance(op, Conv):
-        return _fold_into_conv(op.conv, scale, shift)
-    if isinstance(op, DenseBlock):
-        return FoldedDense(copy.deepcopy(op.conv1), _fold_into_conv(op.conv2, scale, shift))
-    raise TypeError(f"cannot fold BatchNorm after {type(op).__name__}; add a rule in network.py")
+    return fold(scale, shift)
 
 
 @torch.no_grad()

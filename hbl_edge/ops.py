@@ -8,10 +8,18 @@ adding a space is one :class:`Space` entry.
 Why bias-free: inside a Hadamard unit every op is followed by BatchNorm (which would cancel a
 bias), and at inference BatchNorm is folded back into the preceding conv (see
 :func:`hbl_edge.network.fold_batchnorm`), which is where a bias reappears.
+
+**Folding protocol.** Every op class implements ``fold_output_affine(scale, shift) -> nn.Module``:
+a new module computing ``op(x) · scale + shift`` per output channel (what "op, then
+running-statistics BatchNorm" is at inference), with the affine folded into the op's last conv
+(or, for the parameter-free identity, a :class:`ChannelAffine`). The op itself is left
+untouched. :func:`hbl_edge.network.fold_batchnorm` relies only on this method, so a new op
+class that implements it folds without touching network.py.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,6 +49,38 @@ def conv2d(c_in: int, c_out: int, k: int, dilation: int = 1, bias: bool = False)
     return nn.Conv2d(c_in, c_out, k, padding=dilation * (k // 2), dilation=dilation, bias=bias)
 
 
+@torch.no_grad()
+def fold_into_conv(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
+    """A new conv with bias computing ``conv(x) · scale + shift`` per output channel."""
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+    ).to(conv.weight)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    fused.bias.copy_(bias * scale + shift)
+    return fused
+
+
+def _with_folded_last_conv(op: nn.Module, attr: str, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+    """A deep copy of ``op`` whose last conv (``op.<attr>``) carries the output affine."""
+    folded = copy.deepcopy(op)
+    setattr(folded, attr, fold_into_conv(getattr(op, attr), scale, shift))
+    return folded
+
+
+class ChannelAffine(nn.Module):
+    """y = x · scale + shift per channel: what skip_connect + BatchNorm becomes after folding."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.reshape(1, -1, 1, 1).clone())
+        self.register_buffer("shift", shift.reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
 class Identity(nn.Module):
     """``skip_connect``: y = x (parameter-free)."""
 
@@ -55,6 +95,9 @@ class Identity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def fold_output_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+        return ChannelAffine(scale, shift)
+
 
 class Conv(nn.Module):
     """``conv_kxk`` / ``dilconv_3x3``: y = W ⋆ x."""
@@ -65,6 +108,9 @@ class Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+    def fold_output_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+        return fold_into_conv(self.conv, scale, shift)
 
 
 class ResConv(nn.Module):
@@ -95,6 +141,10 @@ class ResConv(nn.Module):
         fused.weight[idx, idx, centre, centre] += 1.0
         return fused
 
+    def fold_output_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+        # Re-parameterise the residual first, so the folded op is one conv with bias.
+        return fold_into_conv(self.as_conv(), scale, shift)
+
 
 class DenseBlock(nn.Module):
     """``denseblocks_kxk``: y1 = ReLU(W1 ⋆ x); y = W2 ⋆ concat[x, y1] (2C → C)."""
@@ -110,6 +160,54 @@ class DenseBlock(nn.Module):
         y1 = torch.relu(self.conv1(x))
         return self.conv2(torch.cat([x, y1], dim=1))
 
+    def fold_output_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+        return _with_folded_last_conv(self, "conv2", scale, shift)
+
+
+class SepConv(nn.Module):
+    """``sepconv_kxk`` / ``dilsepconv_3x3``: depthwise k×k (one filter per input channel),
+    then pointwise 1×1 ``c_in → c_out``; y = P ⋆ (D ⊛ x).
+
+    No activation between the two: this is the factorised (rank-structured) form of one
+    k×k conv, k²·C + C·C' multiply-adds per pixel instead of k²·C·C'. Channel changes are
+    done by the pointwise conv, so it also serves as a head (3→C1) or tail (C1→3) op.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c_in, c_in, k, padding=dilation * (k // 2), dilation=dilation, groups=c_in, bias=False)
+        self.pw = conv2d(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw(self.dw(x))
+
+    def fold_output_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+        return _with_folded_last_conv(self, "pw", scale, shift)
+
+
+class HalfConv(nn.Module):
+    """``conv_3x3_half``: a 3×3 conv at half width inside a 1×1 bottleneck,
+    y = W3 ⋆ ReLU(W2 ⋆ ReLU(W1 ⋆ x)), W1: c_in→m (1×1), W2: m→m (3×3), W3: m→c_out (1×1),
+    m = max(1, max(c_in, c_out) // 2).
+
+    At C → C this is 3.25·C² multiply-adds per pixel against 9·C² for ``conv_3x3`` (36%).
+    The ReLUs make it a small bottleneck block rather than a low-rank 3×3 conv (which the
+    linear version would be); the last conv is linear so the BatchNorm after it folds in.
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        mid = max(1, max(c_in, c_out) // 2)
+        self.reduce = conv2d(c_in, mid, 1)
+        self.conv = conv2d(mid, mid, 3)
+        self.expand = conv2d(mid, c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expand(torch.relu(self.conv(torch.relu(self.reduce(x)))))
+
+    def fold_output_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+        return _with_folded_last_conv(self, "expand", scale, shift)
+
 
 register_op("skip_connect")(Identity)
 register_op("conv_1x1")(lambda ci, co: Conv(ci, co, 1))
@@ -121,6 +219,10 @@ register_op("resconv_3x3")(lambda ci, co: ResConv(ci, co, 3))
 register_op("resdilconv_3x3")(lambda ci, co: ResConv(ci, co, 3, dilation=2))
 register_op("denseblocks_1x1")(lambda ci, co: DenseBlock(ci, co, 1))
 register_op("denseblocks_3x3")(lambda ci, co: DenseBlock(ci, co, 3))
+# Cheaper ops of the "edge" space (docs/search_spaces.md says why each is there).
+register_op("sepconv_3x3")(lambda ci, co: SepConv(ci, co, 3))
+register_op("dilsepconv_3x3")(lambda ci, co: SepConv(ci, co, 3, dilation=2))
+register_op("conv_3x3_half")(HalfConv)
 
 #: Ops that hold no weights; the search guards against collapsing onto them.
 PARAMETER_FREE_OPS = frozenset({"skip_connect"})
@@ -172,6 +274,33 @@ register_space(
         ),
         fcm=("conv_5x5", "conv_1x1", "conv_3x3", "dilconv_3x3"),
         doc="The space of the HBL paper and its reference code (the default, for reproduction).",
+    )
+)
+
+
+register_space(
+    Space(
+        name="edge",
+        hnu=(
+            # The paper's 9 ops first, in the paper's order, then the cheap ones.
+            "skip_connect",
+            "conv_1x1",
+            "conv_3x3",
+            "dilconv_3x3",
+            "resconv_1x1",
+            "resconv_3x3",
+            "resdilconv_3x3",
+            "denseblocks_1x1",
+            "denseblocks_3x3",
+            "sepconv_3x3",
+            "dilsepconv_3x3",
+            "conv_3x3_half",
+        ),
+        fcm=("conv_5x5", "conv_1x1", "conv_3x3", "dilconv_3x3", "sepconv_3x3", "conv_3x3_half"),
+        doc=(
+            "The paper's space plus cheaper ops for small GPUs (depthwise-separable 3×3, dilated "
+            "depthwise-separable 3×3, half-width 3×3 bottleneck); pair it with the latency term."
+        ),
     )
 )
 

@@ -18,8 +18,10 @@ from hbl_edge.ops import (
     SPACES,
     Conv,
     DenseBlock,
+    HalfConv,
     Identity,
     ResConv,
+    SepConv,
     Space,
     get_space,
     make_op,
@@ -410,3 +412,126 @@ class TestSpaces:
     def test_space_is_immutable(self):
         with pytest.raises(Exception):
             get_space("paper").hnu = ()  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------
+# Folding protocol: every op folds an output affine (BatchNorm at inference) into itself
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL_OPS)
+class TestFoldOutputAffine:
+    def _affine(self, c: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(7)
+        return (torch.rand(c, generator=g, dtype=dtype) * 2 + 0.1, torch.randn(c, generator=g, dtype=dtype))
+
+    def test_equals_op_then_affine(self, name):
+        op = _op(name, c_in=4, dtype=torch.float64)
+        scale, shift = self._affine(4, torch.float64)
+        folded = op.fold_output_affine(scale, shift)
+        x = _x(2, 4, 6, 5, dtype=torch.float64)
+        with torch.no_grad():
+            expected = op(x) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+            torch.testing.assert_close(folded(x), expected, rtol=1e-12, atol=1e-12)
+
+    def test_channel_change(self, name):
+        try:
+            op = _op(name, c_in=3, c_out=5)
+        except GenotypeError:
+            pytest.skip("op needs equal channels")
+        scale, shift = self._affine(5)
+        x = _x(1, 3, 5, 5)
+        with torch.no_grad():
+            torch.testing.assert_close(op.fold_output_affine(scale, shift)(x),
+                                       op(x) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+
+    def test_leaves_op_untouched_and_shares_no_storage(self, name):
+        op = _op(name)
+        state = {k: v.clone() for k, v in op.state_dict().items()}
+        folded = op.fold_output_affine(*self._affine(4))
+        assert all(torch.equal(op.state_dict()[k], v) for k, v in state.items())
+        ptrs = {p.data_ptr() for p in op.parameters()}
+        assert not ptrs & {t.data_ptr() for t in [*folded.parameters(), *folded.buffers()]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops of the "edge" space
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,d", [("sepconv_3x3", 1), ("dilsepconv_3x3", 2)])
+class TestSepConv:
+    def test_structure_and_parameter_count(self, name, d):
+        op = make_op(name, 4, 6)
+        assert isinstance(op, SepConv)
+        assert op.dw.groups == 4 and op.dw.kernel_size == (3, 3) and op.dw.dilation == (d, d)
+        assert op.dw.padding == (d, d)
+        assert op.pw.kernel_size == (1, 1) and op.pw.out_channels == 6
+        assert sum(p.numel() for p in op.parameters()) == 9 * 4 + 4 * 6
+
+    def test_matches_functional_reference(self, name, d):
+        op = _op(name, c_in=3, c_out=5)
+        x = _x(2, 3, 7, 6)
+        y = F.conv2d(x, op.dw.weight, padding=d, dilation=d, groups=3)
+        torch.testing.assert_close(op(x), F.conv2d(y, op.pw.weight))
+
+    def test_hand_computed_one_channel(self, name, d):
+        # One channel: y = p · (w ⋆ x); a delta gives the flipped kernel times p, taps d apart.
+        op = make_op(name, 1, 1)
+        w = torch.arange(1.0, 10.0).reshape(3, 3)
+        with torch.no_grad():
+            op.dw.weight.copy_(w.reshape(1, 1, 3, 3))
+            op.pw.weight.fill_(-2.0)
+        y = op(_delta(9))[0, 0]
+        c = 4
+        torch.testing.assert_close(y[c - d : c + d + 1 : d, c - d : c + d + 1 : d], -2.0 * torch.flip(w, (0, 1)))
+        assert torch.count_nonzero(y) == 9
+
+
+class TestHalfConv:
+    def test_structure(self):
+        op = make_op("conv_3x3_half", 32, 32)
+        assert isinstance(op, HalfConv)
+        assert (op.reduce.in_channels, op.reduce.out_channels, op.reduce.kernel_size) == (32, 16, (1, 1))
+        assert (op.conv.in_channels, op.conv.out_channels, op.conv.kernel_size) == (16, 16, (3, 3))
+        assert (op.expand.in_channels, op.expand.out_channels, op.expand.kernel_size) == (16, 32, (1, 1))
+        # 3.25·C² weights, against 9·C² for conv_3x3
+        assert sum(p.numel() for p in op.parameters()) == 32 * 16 + 9 * 16 * 16 + 16 * 32 == int(3.25 * 32 * 32)
+
+    @pytest.mark.parametrize("c_in,c_out,mid", [(3, 16, 8), (16, 3, 8), (1, 1, 1), (5, 5, 2)])
+    def test_mid_width(self, c_in, c_out, mid):
+        op = make_op("conv_3x3_half", c_in, c_out)
+        assert op.conv.in_channels == op.conv.out_channels == mid
+
+    def test_matches_functional_reference(self):
+        op = _op("conv_3x3_half", c_in=4)
+        x = _x(2, 4, 6, 7)
+        y = torch.relu(F.conv2d(x, op.reduce.weight))
+        y = torch.relu(F.conv2d(y, op.conv.weight, padding=1))
+        torch.testing.assert_close(op(x), F.conv2d(y, op.expand.weight))
+
+    def test_hand_computed(self):
+        # 2→1→2 with 1×1-like centre taps: y = e · ReLU(c · ReLU(r·x)).
+        op = make_op("conv_3x3_half", 2, 2)
+        with torch.no_grad():
+            op.reduce.weight.copy_(torch.tensor([1.0, -1.0]).reshape(1, 2, 1, 1))
+            op.conv.weight.zero_()
+            op.conv.weight[0, 0, 1, 1] = 2.0
+            op.expand.weight.copy_(torch.tensor([3.0, -0.5]).reshape(2, 1, 1, 1))
+        x = torch.tensor([[[[2.0, 0.0]], [[1.0, 1.0]]]])  # r·x = [1, -1] → ReLU [1, 0] → ×2
+        expected = torch.tensor([[[[6.0, 0.0]], [[-1.0, 0.0]]]])
+        torch.testing.assert_close(op(x), expected)
+
+
+class TestEdgeSpace:
+    def test_contains_paper_space_first_in_order(self):
+        edge, paper = get_space("edge"), get_space("paper")
+        assert edge.hnu[: len(paper.hnu)] == paper.hnu
+        assert edge.fcm[: len(paper.fcm)] == paper.fcm
+
+    def test_cheap_ops(self):
+        edge = get_space("edge")
+        assert {"sepconv_3x3", "dilsepconv_3x3", "conv_3x3_half"} <= set(edge.hnu)
+        assert {"sepconv_3x3", "conv_3x3_half"} <= set(edge.fcm)
+        assert not set(edge.hnu) & PARAMETER_FREE_OPS - {"skip_connect"}
+
+    @pytest.mark.parametrize("name", ["sepconv_3x3", "dilsepconv_3x3", "conv_3x3_half"])
+    def test_cheaper_than_conv_3x3(self, name):
+        n = sum(p.numel() for p in make_op(name, 32, 32).parameters())
+        assert n < 0.4 * sum(p.numel() for p in make_op("conv_3x3", 32, 32).parameters())
