@@ -138,8 +138,12 @@ def enhance(
     model: Path = typer.Option(..., "--model", "-m", help="model bundle (run directory)"),
     out: Path = typer.Option(Path("enhanced"), help="output folder"),
     tile: Optional[int] = typer.Option(None, help="tile side for large images (default: automatic above 4 MP)"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (torch or onnxruntime)"),
     overwrite: bool = typer.Option(False, help="replace existing outputs"),
+    backend: str = typer.Option(
+        "auto", help="auto | trt | trt-rtx | ort | torch. auto: the first that runs here, in that order "
+        "(ort uses BUNDLE/export/model.onnx, exported when missing; trt/trt-rtx build a cached engine beside it)",
+    ),
 ) -> None:
     """Enhance images with a trained model bundle."""
     from .enhance import enhance_paths
@@ -148,9 +152,9 @@ def enhance(
     if tile is not None and tile < 32:
         raise ConfigError(f"--tile must be at least 32 pixels, got {tile}")
     files = _collect_images(inputs)
-    method = model_method(model, tile=tile, threads=threads)
+    method = model_method(model, tile=tile, threads=threads, backend=backend)
     with _progress() as prog:
-        bar = prog.add_task("enhance", total=len(files), status="")
+        bar = prog.add_task(f"enhance ({method.info['backend']})", total=len(files), status="")
         report = enhance_paths(
             files, method, out, overwrite=overwrite,
             progress=lambda i, name: prog.update(bar, completed=i, status=name),
@@ -225,6 +229,146 @@ def demo(
     from .demo import run_demo
 
     run_demo(out=out, steps=steps, task=task, train_fn=_train_with_progress, console=console, print_report=print_report)
+
+
+# ------------------------------------------------------------------------------------------
+# export and bench (deployment; see docs/deployment.md)
+def _newest_bundle(root: Path = Path("runs")) -> Path:
+    """The most recently modified run directory under ``root`` (searched recursively) holding a model.json."""
+    found = [p.parent for p in root.rglob("model.json") if (p.parent / "model.safetensors").is_file()] if root.is_dir() else []
+    if not found:
+        raise ConfigError(f"no model bundle (model.json + model.safetensors) under {root.resolve()}; pass BUNDLE explicitly")
+
+    def modified(d: Path) -> float:
+        return max((d / n).stat().st_mtime for n in ("model.json", "model.safetensors"))
+
+    return max(found, key=modified)
+
+
+def _bundle_or_newest(bundle: Optional[Path]) -> Path:
+    if bundle is not None:
+        return bundle
+    picked = _newest_bundle()
+    err_console.print(f"using the newest run under ./runs: {picked}", highlight=False)
+    return picked
+
+
+def _parity_table(rows: list) -> Table:
+    table = Table(title="parity")
+    for col in ("artifact", "reference", "images", "max |Δ|", "mean |Δ|", "tolerance", "PSNR dB", "ok"):
+        table.add_column(col, justify="left" if col in ("artifact", "reference") else "right")
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
+@app.command()
+@user_errors
+def export(
+    bundle: Optional[Path] = typer.Argument(None, help="model bundle (run directory); default: the newest run under ./runs"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: BUNDLE/export)"),
+    opset: int = typer.Option(17, help="ONNX opset, 13–20 (17: parsed by TensorRT 10.3 on JetPack 6 and newer)"),
+    tolerance: float = typer.Option(1e-4, help="max |ONNX Runtime − PyTorch| accepted (FP32)"),
+    fp16: bool = typer.Option(False, "--fp16", help="also write model.fp16.onnx (FP16 compute, float32 I/O)"),
+    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (Q/DQ, calibrated on the task's data)"),
+    calib_data: str = typer.Option("embedded", help="INT8 calibration/validation data: 'embedded' or a dataset folder"),
+    calib_samples: int = typer.Option(32, help="INT8 calibration crops"),
+    engine: Optional[str] = typer.Option(
+        None, help="also build an engine: tensorrt | tensorrt-rtx (precision: int8 with --int8, else fp16 with --fp16, else fp32)"),
+    shapes: Optional[List[str]] = typer.Option(
+        None, "--shapes", help="engine profile 'min=WxH,opt=WxH,max=WxH[,batch=N]'; repeat for several"),
+    workspace_mb: int = typer.Option(1024, help="engine builder workspace limit (MB)"),
+    timing_cache: Optional[Path] = typer.Option(None, help="TensorRT timing cache file (read, then updated)"),
+    compute_capability: Optional[List[str]] = typer.Option(
+        None, "--compute-capability", help="TensorRT-RTX target, e.g. SM86; repeat for several"),
+    force_rebuild: bool = typer.Option(False, help="rebuild the engine even when the cache holds a matching one"),
+) -> None:
+    """Export a bundle to ONNX (+ FP16/INT8) with parity checks, and optionally build a TensorRT(-RTX) engine."""
+    import json
+
+    from .bundle import read_meta
+    from .export import export_onnx
+
+    bundle = _bundle_or_newest(bundle)
+    meta = read_meta(bundle)  # a bad bundle fails here, before anything is written
+    if engine is not None and engine not in ("tensorrt", "tensorrt-rtx"):
+        raise ConfigError(f"unknown --engine {engine!r}; use tensorrt or tensorrt-rtx")
+    if (shapes or compute_capability or timing_cache or force_rebuild) and engine is None:
+        raise ConfigError("--shapes, --compute-capability, --timing-cache and --force-rebuild need --engine")
+    if engine is not None:  # profile syntax errors before the (slow) export
+        from .export.engines import parse_profile
+
+        for spec in shapes or []:
+            parse_profile(spec)
+    out_dir = out if out is not None else Path(bundle) / "export"
+    with console.status("exporting ONNX and checking parity"):
+        result = export_onnx(bundle, out_dir, opset=opset, fp16=fp16, tolerance=tolerance)
+    rows = []
+    for label, rep in ((result.onnx_path.name, result.parity), (f"{result.onnx_path.stem}.fp16.onnx", result.fp16_parity)):
+        if rep is not None:
+            rows.append([label, rep.reference, str(len(rep.cases)), f"{rep.max_abs:.3g}", f"{rep.mean_abs:.3g}",
+                         f"{rep.tolerance:g}", "", "[green]yes[/]" if rep.passed else "[red]no[/]"])
+    if int8:
+        from .export.quantize import quantize_int8, record_int8
+
+        with console.status(f"INT8: calibrating on {calib_samples} {calib_data} crops"):
+            q = quantize_int8(result.onnx_path, task=meta["task"], data=calib_data, samples=calib_samples)
+        record_int8(result.meta_path, q)
+        rows.append([q.path.name, "onnxruntime fp32", str(q.quality["images"]), f"{q.parity['max_abs']:.3g}",
+                     f"{q.parity['mean_abs']:.3g}", "–", f"{q.quality['psnr_mean_db']:.1f} (min {q.quality['psnr_min_db']:.1f})",
+                     "[yellow]check[/]" if q.warnings else "[green]yes[/]"])
+    console.print(_parity_table(rows))
+    written = [result.onnx_path] + [p for p in (result.fp16_path,) if p] + ([q.path] if int8 else [])
+    console.print(f"[green]wrote[/] {', '.join(p.name for p in written)} and {result.meta_path.name} to {out_dir} "
+                  f"(opset {opset})")
+    if engine is not None:
+        from .export import build_engine
+
+        with console.status(f"building the {engine} engine"):
+            r = build_engine(result.onnx_path, out_dir, kind=engine, shapes=shapes or None, fp16=fp16, int8=int8,
+                             workspace_mb=workspace_mb, timing_cache=timing_cache,
+                             compute_capabilities=compute_capability or None, force=force_rebuild)
+        record = json.loads(result.meta_path.read_text())
+        record.setdefault("engines", [])
+        record["engines"] = [e for e in record["engines"] if e.get("path") != r.path.name] + [{
+            "path": r.path.name, "key": r.key, "kind": r.kind, "library_version": r.library_version,
+            "precision": r.precision, "device": r.device, "profiles": r.profiles, "onnx": r.onnx_path.name,
+            "built": r.built, "build_seconds": round(r.build_seconds, 3),
+        }]
+        from .runio import write_json
+
+        write_json(result.meta_path, record)
+        console.print(f"[green]{'built' if r.built else 'cached'}[/] {r.path.name} ({r.kind} {r.library_version}, "
+                      f"{r.precision}, {'; '.join(r.profiles)}, device {r.device})")
+
+
+@app.command()
+@user_errors
+def bench(
+    bundle: Optional[Path] = typer.Argument(None, help="model bundle (run directory); default: the newest run under ./runs"),
+    backend: str = typer.Option("ort,torch", help="comma-separated: ort, torch, torch-compile, trt, trt-rtx"),
+    resolution: str = typer.Option("1280x720", help="WIDTHxHEIGHT of the input"),
+    batch: int = typer.Option(1, help="images per call"),
+    warmup: int = typer.Option(3, help="untimed calls per backend first"),
+    iters: int = typer.Option(20, help="timed rounds (each runs every backend once, order rotated)"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for ort and torch (default: each library's)"),
+    fp16: bool = typer.Option(False, "--fp16", help="trt/trt-rtx: FP16 engines"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
+) -> None:
+    """Latency of several backends side by side: p50/p90/p99 and images/s, with what it ran on."""
+    from .runio import write_json
+    from .runtime.benchmark import parse_backends, parse_resolution, render_table, run_benchmark
+
+    names = parse_backends(backend)
+    res = parse_resolution(resolution)
+    bundle = _bundle_or_newest(bundle)
+    with console.status("benchmarking") as status:
+        report = run_benchmark(bundle, names, resolution=res, batch=batch, warmup=warmup, iters=iters,
+                               threads=threads, fp16=fp16, progress=lambda m: status.update(m))
+    console.print(render_table(report))
+    if json_path is not None:
+        write_json(json_path, report.to_dict())
+        console.print(f"report: {json_path}")
 
 
 genotype_app = typer.Typer(help="Inspect and validate genotypes.", no_args_is_help=True)

@@ -47,23 +47,87 @@ def baseline_method(name: str) -> Method:
     return Method(name=name, fn=b.fn, kind="baseline", info={"task": b.task, "doc": b.doc})
 
 
-def model_method(bundle_path: str | Path, tile: int | None = None, threads: int | None = None) -> Method:
-    import torch
+#: ``--backend auto`` takes the first of these that can run here (fastest first on a GPU machine:
+#: TensorRT engines, then TensorRT-RTX engines, then ONNX Runtime, then PyTorch eager).
+AUTO_BACKEND_ORDER = ("trt", "trt-rtx", "ort", "torch")
+BACKEND_CHOICES = ("auto", *AUTO_BACKEND_ORDER)
 
-    from .bundle import load_bundle
-    from .runtime.tiling import run_image
-    from .runtime.torch_runner import TorchRunner
 
-    if threads:
-        torch.set_num_threads(threads)
-    bundle = load_bundle(bundle_path)
-    runner = TorchRunner(bundle.model)
+def resolve_backend(backend: str) -> str:
+    """``auto`` → the first available of :data:`AUTO_BACKEND_ORDER`; a named one is checked."""
+    from .errors import ConfigError
+    from .runtime.runners import available_backends, unavailable_reason
+
+    if backend not in BACKEND_CHOICES:
+        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKEND_CHOICES)}")
+    if backend == "auto":
+        here = available_backends()
+        return next(b for b in AUTO_BACKEND_ORDER if b in here or b == "torch")
+    reason = unavailable_reason(backend)
+    if reason is not None:
+        from .runtime.runners import BackendError
+
+        raise BackendError(f"backend {backend!r} cannot run here ({reason}); use --backend auto")
+    return backend
+
+
+def model_method(
+    bundle_path: str | Path, tile: int | None = None, threads: int | None = None, backend: str = "torch",
+) -> Method:
+    """A bundle as a :class:`Method`, run by ``backend`` (``torch``, ``ort``, ``trt``, ``trt-rtx``
+    or ``auto``; see :data:`AUTO_BACKEND_ORDER`). ``ort`` runs ``BUNDLE/export/model.onnx``
+    (exported first when missing); the engine backends build or reuse a cached engine beside it.
+    Images beyond an engine's profile are tiled."""
+    from .bundle import load_bundle, read_meta, resolve_bundle_dir
+    from .runtime.tiling import DEFAULT_TILE, run_image
+
+    name = resolve_backend(backend)
+    bundle_dir = resolve_bundle_dir(bundle_path)
+    meta = read_meta(bundle_dir)
+    max_side: tuple[int, int] | None = None  # (H, W) an engine accepts
+    if name == "torch":
+        import torch
+
+        from .runtime.torch_runner import TorchRunner
+
+        if threads:
+            torch.set_num_threads(threads)
+        runner = TorchRunner(load_bundle(bundle_dir).model)
+    else:
+        from .export.onnx_export import ensure_onnx
+        from .runtime.runners import create_runner
+
+        onnx_path = ensure_onnx(bundle_dir)
+        if name == "ort":
+            runner = create_runner("ort", onnx_path, threads=threads)
+        else:
+            from .export.engines import DEFAULT_PROFILE, build_engine, parse_profile
+
+            kind = {"trt": "tensorrt", "trt-rtx": "tensorrt-rtx"}[name]
+            engine = build_engine(onnx_path, onnx_path.parent, kind=kind, shapes=[DEFAULT_PROFILE])
+            runner = create_runner(name, engine.path)
+            profile = parse_profile(DEFAULT_PROFILE)
+            max_side = (profile.max[2], profile.max[3])
+
+    def fn(img: np.ndarray) -> np.ndarray:
+        t = tile
+        if t is None and max_side is not None and (img.shape[0] > max_side[0] or img.shape[1] > max_side[1]):
+            t = min(DEFAULT_TILE, *max_side)  # beyond the engine's profile: tile inside it
+        return run_image(runner.run, img, tile=t)
+
     return Method(
-        name=str(bundle.path),
-        fn=lambda img: run_image(runner.run, img, tile=tile),
+        name=str(bundle_dir),
+        fn=fn,
         kind="model",
-        info={"task": bundle.task, "genotype": bundle.genotype.summary(), "parameters": bundle.meta.get("parameters")},
+        info={"task": meta["task"], "genotype": _genotype_summary(meta),
+              "parameters": meta.get("parameters"), "backend": name},
     )
+
+
+def _genotype_summary(meta: dict[str, Any]) -> str:
+    from .genotype import Genotype
+
+    return Genotype.from_dict(meta["genotype"]).summary()
 
 
 def _samples(data: str, task: str) -> tuple[str, list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray | None]]]]]:

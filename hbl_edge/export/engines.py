@@ -179,9 +179,25 @@ def fp16_sibling(path: Path) -> Path:
     return path.with_name(f"{path.stem}.fp16{path.suffix}")
 
 
-def _choose_onnx(onnx_path: Path, fp16: bool, strongly_typed: bool, kind: str) -> tuple[Path, str]:
+def int8_sibling(path: Path) -> Path:
+    """``model.onnx`` → ``model.int8.onnx`` (the file ``hbl-edge export --int8`` writes)."""
+    return path.with_name(f"{path.stem}.int8{path.suffix}")
+
+
+def _choose_onnx(onnx_path: Path, fp16: bool, strongly_typed: bool, kind: str, int8: bool = False) -> tuple[Path, str]:
     """The ONNX to parse and the engine precision."""
     precision = onnx_precision(onnx_path)
+    if int8 or precision == "int8":
+        # Explicit quantisation: the Q/DQ graph decides what runs in INT8 (every TensorRT version).
+        if precision == "int8":
+            return onnx_path, "int8"
+        sibling = int8_sibling(onnx_path)
+        if sibling.is_file() and onnx_precision(sibling) == "int8":
+            log.info("building the INT8 engine from the Q/DQ model %s", sibling.name)
+            return sibling, "int8"
+        raise ExportError(
+            f"an INT8 engine needs the Q/DQ model {sibling}, which does not exist; run `hbl-edge export --int8` first"
+        )
     if not fp16 or precision == "fp16":
         return onnx_path, precision if not fp16 else "fp16"
     if not strongly_typed:
@@ -224,6 +240,7 @@ def build_engine(
     kind: str = "tensorrt",
     shapes: Sequence[str | ShapeProfile] | None = None,
     fp16: bool = False,
+    int8: bool = False,
     workspace_mb: int = DEFAULT_WORKSPACE_MB,
     timing_cache: str | os.PathLike[str] | None = None,
     compute_capabilities: Sequence[str] | None = None,
@@ -241,6 +258,8 @@ def build_engine(
             allowed; the runner picks the first that holds the input). Default
             :data:`DEFAULT_PROFILE`.
         fp16: FP16 engine (TensorRT 10: builder flag; strongly typed: the FP16 ONNX).
+        int8: INT8 engine from the Q/DQ ``model.int8.onnx`` sibling (TensorRT 10: INT8 builder
+            flag; strongly typed: as the graph says). Takes precedence over ``fp16``.
         workspace_mb: builder workspace limit.
         timing_cache: timing cache file, loaded when present and saved after the build (default:
             ``timing.<kind>.<version>.<device hash>.cache`` in ``out_dir``).
@@ -262,7 +281,7 @@ def build_engine(
     profiles = [parse_profile(s) for s in (shapes or [DEFAULT_PROFILE])]
     trt = import_engine_library(kind)
     strongly_typed = is_strongly_typed(trt)
-    onnx_file, precision = _choose_onnx(src, fp16, strongly_typed, kind)
+    onnx_file, precision = _choose_onnx(src, fp16, strongly_typed, kind, int8=int8)
     device, device_meta = _device(kind, compute_capabilities)
     out = Path(out_dir) if out_dir is not None else src.parent
     ingredients = {
@@ -346,6 +365,9 @@ def _build(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8" and not strongly_typed:
+        # TensorRT 10 (weakly typed) runs Q/DQ layers in INT8 only with the INT8 flag set.
+        config.set_flag(trt.BuilderFlag.INT8)
     for p in profiles:
         profile = builder.create_optimization_profile()
         profile.set_shape(input_name, p.min, p.opt, p.max)

@@ -490,3 +490,29 @@ def _extra_versions() -> dict[str, str]:
         except Exception:
             out[mod] = "absent"
     return out
+
+
+def ensure_onnx(bundle: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``BUNDLE/export/model.onnx``, exported first when it is missing or was made from other weights.
+
+    "Other weights" is decided by the weights sha256 recorded in ``export.json``; an ONNX with no
+    record is trusted (it may have been copied in by hand).
+    """
+    import json
+
+    from ..bundle import resolve_bundle_dir
+
+    bundle_dir = resolve_bundle_dir(bundle)
+    out = Path(out_dir) if out_dir is not None else bundle_dir / "export"
+    onnx_path = out / ONNX_NAME
+    if onnx_path.is_file():
+        try:
+            recorded = json.loads((out / META_NAME).read_text()).get("source", {}).get("weights_sha256")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded is None or recorded == file_sha256(bundle_dir / "model.safetensors"):
+            return onnx_path
+        log.info("%s was exported from other weights; exporting it again", onnx_path)
+    else:
+        log.info("no %s yet; exporting it (a few seconds)", onnx_path)
+    return export_onnx(bundle_dir, out).onnx_path

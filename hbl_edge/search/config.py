@@ -1,0 +1,117 @@
+"""The resolved configuration of a search run (saved as ``config.json`` in the run directory)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from ..errors import ConfigError
+from ..ops import get_space
+from ..tasks import get_task
+from .hypergrad import ORDERS
+
+STAGES = ("L", "A", "T")
+LATENCY_FORMS = ("additive", "multiplicative")
+#: Loss terms stage L searches over when none are given (vgg/lpips join when weights are passed).
+DEFAULT_TERMS = ("l1", "l2", "color", "ssim", "tv", "laplacian")
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search depends on. Defaults follow the reference code unless noted."""
+
+    task: str = "lowlight"
+    data: str = "embedded"
+    out: str = "runs/search"
+    stages: str = "L,A,T"
+    # search space and supernet shape
+    space: str = "paper"
+    channels: tuple[int, int] = (16, 32)
+    units: int = 7
+    # latency (DESIGN §6)
+    device: str = "cpu"
+    backend: str = "onnxruntime"  # how the target runs the model; measured tables use it
+    latency_table: str | None = None
+    latency_budget: float | None = None  # ms at `resolution`; None = no latency term
+    resolution: tuple[int, int] = (1280, 720)
+    latency_form: str = "multiplicative"
+    latency_mu: float = 0.1  # additive: L + μ·LAT/T
+    latency_beta: float = 0.2  # multiplicative: L·(LAT/T)^β
+    # bilevel optimisation (DESIGN §5)
+    order: str = "second"
+    objective: str = "fidelity"  # stage L upper objective: fidelity | critic (see docs/search.md)
+    critic: str | None = None  # a user critic (safetensors); None = train one at the start of stage L
+    critic_steps: int = 200
+    terms: tuple[str, ...] = DEFAULT_TERMS
+    steps_l: int = 200
+    steps_a: int = 400
+    crop: int = 64
+    batch_size: int = 2
+    w_lr: float = 5e-4  # SGD for weights, as the reference
+    w_momentum: float = 0.9
+    w_clip: float = 5.0
+    upper_lr: float = 5e-4  # Adam for α and λ, as the reference
+    upper_betas: tuple[float, float] = (0.5, 0.999)
+    upper_weight_decay: float = 1e-4
+    max_parameter_free_per_unit: int | None = 4  # DARTS skip-collapse guard at derivation
+    # stage T (final training from scratch)
+    steps_t: int = 2000
+    train_batch_size: int = 4
+    train_crop: int = 128
+    train_lr: float = 1e-3
+    # run
+    seed: int = 0
+    deterministic: bool = False
+    ckpt_every: int = 20
+    quick: bool = False
+    threads: int | None = None
+    vgg_weights: str | None = None
+    lpips_weights: str | None = None
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def stage_list(self) -> list[str]:
+        return [s.strip().upper() for s in self.stages.split(",") if s.strip()]
+
+    def validate(self) -> None:
+        get_task(self.task)
+        get_space(self.space)
+        bad = [s for s in self.stage_list if s not in STAGES]
+        if bad or not self.stage_list:
+            raise ConfigError(f"--stages takes a comma list of L, A, T (e.g. L,A or T), got {self.stages!r}")
+        if self.order not in ORDERS:
+            raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if self.latency_form not in LATENCY_FORMS:
+            raise ConfigError(f"--latency-form must be one of {', '.join(LATENCY_FORMS)}")
+        if self.latency_budget is not None and not (self.latency_budget > 0 and math.isfinite(self.latency_budget)):
+            raise ConfigError(f"--latency-budget must be a positive number of milliseconds, got {self.latency_budget}")
+        if self.batch_size < 2 or self.train_batch_size < 2:
+            raise ConfigError("batch sizes must be ≥ 2 (BatchNorm needs batch statistics)")
+        if self.crop % 4 or self.crop < 16:
+            raise ConfigError(f"--crop must be a multiple of 4 and ≥ 16, got {self.crop}")
+        for name in ("steps_l", "steps_a", "steps_t", "ckpt_every", "critic_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
+        if len(self.resolution) != 2 or min(self.resolution) < 4:
+            raise ConfigError(f"--resolution must be WxH with sides ≥ 4, got {self.resolution}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchConfig":
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in data.items() if k in known}
+        for k in ("channels", "resolution", "upper_betas", "terms"):
+            if k in kw and kw[k] is not None:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+
+def quick_overrides() -> dict:
+    """``--quick``: a full L → A → T search in a few minutes on 2 CPU cores.
+
+    A narrower, shorter supernet (3 units, channels 8/16), fewer steps and larger learning
+    rates so the few steps move; everything else is the real algorithm.
+    """
+    return dict(
+        channels=(8, 16), units=3, steps_l=12, steps_a=30, steps_t=300, crop=48, critic_steps=60,
+        w_lr=0.02, upper_lr=3e-2, train_crop=64, ckpt_every=10,
+    )

@@ -1,0 +1,372 @@
+"""``hbl-edge search``: run stages L → A → T into one run directory, resumably.
+
+Run directory (DESIGN §8)::
+
+    RUN/config.json            resolved SearchConfig + versions
+    RUN/search/state.pt        checkpoint of the stage in progress (atomic; tensors only)
+    RUN/search/log.jsonl       one record per search step (stage, losses, λ, latency, genotype)
+    RUN/search/critic.safetensors   the stage-L critic (objective "critic")
+    RUN/latency.json           the latency table used by stage A (measured here, or an estimate)
+    RUN/loss.json              stage L's output: λ* (hbl-loss/1)
+    RUN/genotype.json          stage A's output (hbl-genotype/1)
+    RUN/search/report.json     derivation report, predicted vs measured latency
+    RUN/model/                 stage T's training run: the model bundle, its config, log, plots
+    RUN/eval.json              the bundle on the test split
+    RUN/plots/*.png            λ over time, α heat maps, latency vs validation loss
+
+Each stage reads its inputs from those files, so a user can replace any of them by hand and
+run ``--stages A,T`` or ``--stages T`` on the same directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..data import TrainSampler, open_dataset
+from ..errors import ConfigError
+from ..genotype import load_genotype
+from ..losses import LossSpec, build_loss, parse_loss_spec
+from ..runio import append_jsonl, atomic_path, read_jsonl, seed_everything, versions, write_json
+from ..train import TrainConfig, TrainSession, _StopFlag
+from .config import SearchConfig
+from .stages import BilevelState, bilevel_step, make_optimizers, normalise_weights_
+from .supernet import Supernet, derive
+
+log = logging.getLogger(__name__)
+
+STATE = "search/state.pt"
+LOG = "search/log.jsonl"
+OUTPUTS = {"L": "loss.json", "A": "genotype.json", "T": "model/model.json"}
+Progress = Callable[[str, int, int, dict[str, Any]], None]
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    completed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class Interrupted(Exception):
+    """Raised inside a stage after a signal: the checkpoint is written, the run stops cleanly."""
+
+
+def _check_run_dir(cfg: SearchConfig, out: Path, resume: bool) -> None:
+    saved = out / "config.json"
+    if resume:
+        if not saved.exists():
+            raise ConfigError(f"--resume: {out} holds no search run (no config.json); start without --resume")
+        old = json.loads(saved.read_text())
+        old.pop("versions", None)
+        new = json.loads(json.dumps(asdict(cfg)))
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise ConfigError(f"--resume with different settings than the saved run ({', '.join(diff)}); use the same options")
+        return
+    done = [s for s in cfg.stage_list if (out / OUTPUTS[s]).exists()]
+    if done:
+        raise ConfigError(
+            f"{out} already has the output of stage {', '.join(done)} ({', '.join(OUTPUTS[s] for s in done)}); "
+            "pass --resume to continue, --stages with the remaining stages, or another --out"
+        )
+    if (out / STATE).exists():
+        raise ConfigError(f"{out} holds an unfinished search; pass --resume to continue it or choose another --out")
+
+
+def run_search(cfg: SearchConfig, *, resume: bool = False, progress: Progress | None = None) -> SearchResult:
+    """Run the stages of ``cfg`` (L → A → T by default) into ``cfg.out``."""
+    cfg.validate()
+    out = Path(cfg.out)
+    _check_run_dir(cfg, out, resume)
+    if "L" in cfg.stage_list and cfg.order == "first":
+        raise ConfigError(
+            "stage L cannot learn with --order first: its upper objective does not depend on λ directly, "
+            "so the first-order hypergradient is exactly zero; use --order second (or exact)"
+        )
+    if "A" in cfg.stage_list and cfg.latency_budget is not None:
+        from .devices import resolve_device
+
+        resolve_device(cfg.device, latency_table=cfg.latency_table)  # e.g. `jetson` off a Jetson needs a table
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed, cfg.deterministic)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        write_json(out / "config.json", {**asdict(cfg), "versions": versions()})
+    result = SearchResult(out=out)
+    stages = {"L": _stage_l, "A": _stage_a, "T": _stage_t}
+    try:
+        with _StopFlag() as flag:
+            for name in cfg.stage_list:
+                if (out / OUTPUTS[name]).exists():
+                    log.info("stage %s already done (%s); skipping", name, OUTPUTS[name])
+                    continue
+                result.report[name] = stages[name](cfg, out, progress, flag)
+                result.completed.append(name)
+                (out / STATE).unlink(missing_ok=True)  # the stage's output file now stands for it
+    except Interrupted:
+        result.interrupted = True
+        log.warning("search stopped; continue with the same command plus --resume")
+    return result
+
+
+# ------------------------------------------------------------------------------------------
+# shared pieces
+# ------------------------------------------------------------------------------------------
+def _samplers(cfg: SearchConfig, seed_offset: int) -> tuple[TrainSampler, TrainSampler]:
+    """Lower level on the train split, upper level on the val split (DESIGN §5)."""
+    train_src = open_dataset(cfg.data, cfg.task, "train", seed=cfg.seed)
+    val_src = open_dataset(cfg.data, cfg.task, "val", seed=cfg.seed)
+    seed = cfg.seed + seed_offset
+    lower = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=seed)
+    upper = TrainSampler(val_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=seed + 7919)
+    return lower, upper
+
+
+def _run_bilevel(
+    stage: str, cfg: SearchConfig, out: Path, state: BilevelState, steps: int, step_fn: Callable[[int], dict[str, Any]],
+    progress: Progress | None, flag, extra_state: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """The loop both stages share: step, log, checkpoint (every N steps and on a signal)."""
+    ckpt = out / STATE
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=True)
+        if saved.get("stage") == stage:
+            state.load_state_dict(saved["bilevel"])
+            torch.set_rng_state(saved["torch_rng"])
+            log.info("stage %s: resuming at step %d", stage, state.step)
+            kept = [r for r in read_jsonl(out / LOG) if r.get("stage") != stage or r["step"] <= state.step]
+            with atomic_path(out / LOG) as tmp:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    while state.step < steps:
+        rec = step_fn(state.step)
+        rec = {"stage": stage, **rec}
+        append_jsonl(out / LOG, rec)
+        if progress:
+            progress(stage, state.step, steps, rec)
+        if state.step % cfg.ckpt_every == 0 or state.step == steps or flag.stop:
+            payload = {"stage": stage, "bilevel": state.state_dict(), "torch_rng": torch.get_rng_state()}
+            if extra_state:
+                payload.update(extra_state())
+            with atomic_path(ckpt) as tmp:
+                torch.save(payload, tmp)
+        if flag.stop:
+            raise Interrupted
+
+
+def _stage_records(out: Path, stage: str) -> list[dict[str, Any]]:
+    return [r for r in read_jsonl(out / LOG) if r.get("stage") == stage]
+
+
+# ------------------------------------------------------------------------------------------
+# stage L: loss search
+# ------------------------------------------------------------------------------------------
+def _upper_objective_l(cfg: SearchConfig, out: Path):
+    from .objectives import OBJECTIVES
+
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if cfg.objective != "critic":
+        return OBJECTIVES[cfg.objective](), {}
+    from .critic import load_critic, save_critic, train_critic
+
+    path = out / "search" / "critic.safetensors"
+    if cfg.critic:
+        critic, info = load_critic(cfg.critic, cfg.task), {"critic": str(cfg.critic), "trained": False}
+    elif path.exists():
+        critic, info = load_critic(path, cfg.task), {"critic": str(path), "trained": True}
+    else:
+        log.info("stage L: training the quality critic (%d steps)", cfg.critic_steps)
+        critic, report = train_critic(cfg.task, cfg.data, steps=cfg.critic_steps, seed=cfg.seed)
+        save_critic(critic, path, {"task": cfg.task, "report": report})
+        info = {"critic": str(path), "trained": True, "report": report}
+    return OBJECTIVES["critic"](critic), info
+
+
+def _stage_l(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> dict[str, Any]:
+    terms = list(cfg.terms) + [t for t, w in (("vgg", cfg.vgg_weights), ("lpips", cfg.lpips_weights)) if w and t not in cfg.terms]
+    criterion = build_loss(
+        LossSpec({t: 1.0 for t in terms}), vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
+        search_vgg_taps=cfg.vgg_weights is not None,
+    )
+    criterion.weights.requires_grad_(True)
+    upper_vars: list[torch.Tensor] = [criterion.weights]
+    if criterion.vgg_tap_logits is not None:
+        upper_vars.append(criterion.vgg_tap_logits)
+    objective, critic_info = _upper_objective_l(cfg, out)
+    # α frozen at its near-uniform initialisation (DESIGN §5: λ* = argmin over w*(α₀, λ))
+    net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed, freeze_alpha=True)
+    net.train()
+    w_opt, u_opt = make_optimizers(cfg, net, upper_vars)
+    state = BilevelState(net, upper_vars, w_opt, u_opt)
+    lower, upper = _samplers(cfg, seed_offset=0)
+
+    def step_fn(step: int) -> dict[str, Any]:
+        rec = bilevel_step(
+            state, order=cfg.order, lower_batch=lower.batch(step), upper_batch=upper.batch(step),
+            lower_loss=criterion, upper_objective=objective, clip=cfg.w_clip,
+            after_upper=lambda: normalise_weights_(criterion.weights),
+        )
+        rec["lambda"] = dict(zip(criterion.names, criterion.weights.detach().tolist()))
+        return rec
+
+    _run_bilevel("L", cfg, out, state, cfg.steps_l, step_fn, progress, flag)
+    spec = criterion.to_spec(
+        objective=cfg.objective,
+        provenance={"stage": "L", "steps": cfg.steps_l, "order": cfg.order, "seed": cfg.seed, **critic_info},
+    )
+    spec.save(out / "loss.json")
+    from .plots import plot_lambda
+
+    plot_lambda(_stage_records(out, "L"), out / "plots" / "lambda.png")
+    return {"loss": spec.to_dict()}
+
+
+# ------------------------------------------------------------------------------------------
+# stage A: architecture search
+# ------------------------------------------------------------------------------------------
+def _latency_model(cfg: SearchConfig, out: Path):
+    """A measured table (given, or profiled here for a local device), else a roofline estimate."""
+    if cfg.latency_budget is None:
+        return None
+    from .latency import LatencyModel, load_latency_model
+
+    cached = out / "latency.json"
+    if cfg.latency_table:
+        model = load_latency_model(cfg.device, cfg.resolution, cfg.space, cfg.channels, latency_table=cfg.latency_table)
+    elif cached.exists():
+        model = LatencyModel(cached)
+    elif cfg.device in ("cpu", "cuda"):
+        from .profiler import profile
+
+        log.info("stage A: profiling op latencies on this machine (%s, %s, %dx%d)", cfg.device, cfg.backend, *cfg.resolution)
+        table = profile(cfg.device, cfg.backend, cfg.resolution, cfg.space, cfg.channels, out=cached,
+                        units=cfg.units, repeats=5 if cfg.quick else 20)
+        model = LatencyModel(table)
+    else:
+        model = load_latency_model(cfg.device, cfg.resolution, cfg.space, cfg.channels)
+        model.table.save(cached)
+    log.info("stage A latency model: %s", model.label)
+    return model
+
+
+def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> dict[str, Any]:
+    from .latency import additive, multiplicative
+
+    if not (out / "loss.json").exists():
+        raise ConfigError(f"stage A needs {out / 'loss.json'}: run stage L first, or write one (e.g. {{\"format\": \"hbl-loss/1\", \"terms\": {{\"l1\": 1}}}})")
+    spec = parse_loss_spec(out / "loss.json")
+    criterion = build_loss(spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights)
+    lat_model = _latency_model(cfg, out)
+    net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed + 1)
+    net.train()
+    upper_vars = list(net.arch_parameters())
+    w_opt, u_opt = make_optimizers(cfg, net, upper_vars)
+    state = BilevelState(net, upper_vars, w_opt, u_opt)
+    lower, upper = _samplers(cfg, seed_offset=1)
+    budget = cfg.latency_budget
+
+    def objective(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = criterion(pred, target)[0]
+        if lat_model is None:
+            return loss
+        lat = lat_model.expected(net).to(loss.dtype)
+        if cfg.latency_form == "additive":
+            return additive(loss, lat, budget, cfg.latency_mu)
+        return multiplicative(loss, lat, budget, cfg.latency_beta)
+
+    def step_fn(step: int) -> dict[str, Any]:
+        rec = bilevel_step(
+            state, order=cfg.order, lower_batch=lower.batch(step), upper_batch=upper.batch(step),
+            lower_loss=criterion, upper_objective=objective, clip=cfg.w_clip,
+        )
+        genotype, report = derive(net, cfg.max_parameter_free_per_unit)
+        rec["genotype"] = genotype.summary()
+        rec["parameter_free"] = report.parameter_free_argmax
+        if lat_model is not None:
+            with torch.no_grad():
+                rec["expected_latency_ms"] = float(lat_model.expected(net))
+                rec["derived_latency_ms"] = float(lat_model.predict(genotype))
+        return rec
+
+    _run_bilevel("A", cfg, out, state, cfg.steps_a, step_fn, progress, flag)
+    genotype, report = derive(net, cfg.max_parameter_free_per_unit)
+    if report.capped:
+        log.warning("stage A: skip-connection collapse guard replaced %d edge(s): %s", len(report.replaced), report.summary())
+    genotype.save(out / "genotype.json")
+    result: dict[str, Any] = {"genotype": genotype.summary(), "derivation": report.to_dict()}
+    if lat_model is not None:
+        result["latency"] = _latency_report(cfg, lat_model, genotype)
+    write_json(out / "search" / "report.json", result)
+    from .plots import plot_alpha, plot_latency_vs_loss
+
+    plot_alpha(net, out / "plots" / "alpha.png")
+    plot_latency_vs_loss(_stage_records(out, "A"), out / "plots" / "latency_vs_loss.png", budget)
+    torch.save({"alpha": [a.detach() for a in net.arch_parameters()]}, out / "search" / "alpha.pt")
+    return result
+
+
+def _latency_report(cfg: SearchConfig, lat_model, genotype) -> dict[str, Any]:
+    predicted = float(lat_model.predict(genotype))
+    rep: dict[str, Any] = {"predicted_ms": predicted, "budget_ms": cfg.latency_budget, "model": lat_model.label,
+                           "estimate": bool(lat_model.estimate), "resolution": list(cfg.resolution)}
+    if cfg.device in ("cpu", "cuda") and not cfg.latency_table:
+        from .latency import measure_network
+
+        measured = measure_network(genotype, cfg.backend, cfg.resolution, device=cfg.device)
+        rep.update(measured_ms=measured, error_pct=100.0 * (predicted - measured) / measured)
+        log.info("derived network: predicted %.1f ms, measured %.1f ms (%s)", predicted, measured, cfg.backend)
+    else:
+        rep["measured_ms"] = None
+        rep["why_not_measured"] = f"the target {cfg.device!r} is not this machine; run `hbl-edge bench` there"
+    return rep
+
+
+# ------------------------------------------------------------------------------------------
+# stage T: train the derived network from scratch, then test
+# ------------------------------------------------------------------------------------------
+def _stage_t(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> dict[str, Any]:
+    from ..evaluate import evaluate, model_method
+
+    for f in ("genotype.json", "loss.json"):
+        if not (out / f).exists():
+            raise ConfigError(f"stage T needs {out / f}: run stages L and A first, or put the file there")
+    load_genotype(out / "genotype.json")  # validate before spending time
+    run = out / "model"
+    tcfg = TrainConfig(
+        task=cfg.task, genotype=str(out / "genotype.json"), loss=str(out / "loss.json"), data=cfg.data, out=str(run),
+        steps=cfg.steps_t, batch_size=cfg.train_batch_size, crop=cfg.train_crop, lr=cfg.train_lr, seed=cfg.seed,
+        val_every=max(cfg.steps_t // 10, 1), ckpt_every=max(cfg.steps_t // 10, 1), deterministic=cfg.deterministic,
+        vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
+    )
+    session = TrainSession(tcfg, resume=(run / "train" / "state.pt").exists(), provenance={"search_run": str(out)})
+    res = session.run(lambda step, rec: progress("T", step, cfg.steps_t, rec) if progress else None)
+    if res.interrupted:
+        raise Interrupted
+    report = evaluate(model_method(run), cfg.data, cfg.task)
+    write_json(out / "eval.json", report)
+    return {"val": res.metrics, "test": report["mean"]}
+
+
+def search_summary(out: Path) -> dict[str, Any]:
+    """What a finished (or partial) run directory holds, for printing."""
+    out = Path(out)
+    info: dict[str, Any] = {"out": str(out)}
+    if (out / "loss.json").exists():
+        info["loss"] = json.loads((out / "loss.json").read_text()).get("terms")
+    if (out / "genotype.json").exists():
+        info["genotype"] = load_genotype(out / "genotype.json").summary()
+    if (out / "search" / "report.json").exists():
+        info["latency"] = json.loads((out / "search" / "report.json").read_text()).get("latency")
+    if (out / "eval.json").exists():
+        info["test"] = json.loads((out / "eval.json").read_text())["mean"]
+    return info
+
+

@@ -1,0 +1,111 @@
+"""The search driver: L → A → T end to end on a tiny supernet, resume, stage subsets, errors."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from hbl_edge.errors import ConfigError
+from hbl_edge.genotype import load_genotype
+from hbl_edge.losses import parse_loss_spec
+from hbl_edge.search.config import SearchConfig
+from hbl_edge.search.driver import run_search, search_summary
+
+
+def tiny(tmp_path, name="run", **kw):
+    base = dict(
+        out=str(tmp_path / name), channels=(4, 8), units=1, crop=32, batch_size=2, steps_l=3, steps_a=3,
+        steps_t=4, train_crop=32, train_batch_size=2, critic_steps=5, ckpt_every=2, w_lr=0.02, upper_lr=0.05,
+        device="jetson-orin-nano", latency_budget=5.0, resolution=(64, 48), deterministic=True,
+    )
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def test_full_search_writes_every_artifact(tmp_path):
+    res = run_search(tiny(tmp_path))
+    out = tmp_path / "run"
+    assert res.completed == ["L", "A", "T"] and not res.interrupted
+    for f in ("config.json", "loss.json", "genotype.json", "latency.json", "search/log.jsonl", "search/report.json",
+              "model/model.json", "model/model.safetensors", "eval.json",
+              "plots/lambda.png", "plots/alpha.png", "plots/latency_vs_loss.png"):
+        assert (out / f).exists(), f
+    spec = parse_loss_spec(out / "loss.json")
+    assert set(spec.terms) == {"l1", "l2", "color", "ssim", "tv", "laplacian"}
+    assert abs(sum(spec.terms.values()) / len(spec.terms) - 1.0) < 1e-5  # λ ≥ 0, mean 1
+    assert min(spec.terms.values()) >= 0
+    g = load_genotype(out / "genotype.json")
+    assert g.units == 1 and g.channels == (4, 8)
+    records = [json.loads(line) for line in (out / "search/log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["stage"] == "L"] == [1, 2, 3]
+    a = [r for r in records if r["stage"] == "A"]
+    assert len(a) == 3 and all("expected_latency_ms" in r and "genotype" in r for r in a)
+    lat = json.loads((out / "search/report.json").read_text())["latency"]
+    # no measured table for a Jetson here: the roofline estimate is used and says so
+    assert lat["estimate"] is True and "ESTIMATE" in lat["model"] and lat["measured_ms"] is None
+    bundle = json.loads((out / "model/model.json").read_text())
+    assert bundle["genotype"] == g.to_dict() and bundle["loss"]["terms"] == spec.terms
+    summary = search_summary(out)
+    assert {"loss", "genotype", "latency", "test"} <= set(summary)
+
+
+def _interrupt_at(stage_name, step_no):
+    def progress(stage, step, total, rec):
+        if stage == stage_name and step == step_no:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return progress
+
+
+@pytest.mark.parametrize("stage", ["L", "A"])
+def test_killed_search_resumes_to_the_same_result(tmp_path, stage):
+    kw = dict(stages="L,A", steps_l=4, steps_a=4)
+    run_search(tiny(tmp_path, "straight", **kw))
+    cfg = tiny(tmp_path, "killed", **kw)
+    part = run_search(cfg, progress=_interrupt_at(stage, 3))
+    assert part.interrupted
+    assert not (tmp_path / "killed" / "genotype.json").exists()
+    run_search(cfg, resume=True)
+    a, b = tmp_path / "straight", tmp_path / "killed"
+    assert json.loads((a / "genotype.json").read_text()) == json.loads((b / "genotype.json").read_text())
+    assert parse_loss_spec(a / "loss.json").terms == parse_loss_spec(b / "loss.json").terms
+    steps = [json.loads(x)["step"] for x in (b / "search/log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 1, 2, 3, 4]
+
+
+def test_stage_subsets_read_files_a_user_can_replace(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "loss.json").write_text(json.dumps({"format": "hbl-loss/1", "terms": {"l1": 1.0, "ssim": 0.5}}))
+    res = run_search(tiny(tmp_path, stages="A", latency_budget=None))
+    assert res.completed == ["A"] and (out / "genotype.json").exists()
+    res = run_search(tiny(tmp_path, stages="T", latency_budget=None))
+    assert res.completed == ["T"]
+    assert json.loads((out / "model/model.json").read_text())["loss"]["terms"] == {"l1": 1.0, "ssim": 0.5}
+
+
+def test_critic_objective_trains_and_saves_a_critic(tmp_path):
+    run_search(tiny(tmp_path, stages="L", objective="critic"))
+    out = tmp_path / "run"
+    assert (out / "search/critic.safetensors").exists()
+    prov = parse_loss_spec(out / "loss.json").provenance
+    assert prov["stage"] == "L" and prov["trained"] is True
+
+
+def test_user_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--order second"):
+        run_search(tiny(tmp_path, order="first"))
+    with pytest.raises(ConfigError, match="run stage L first"):
+        run_search(tiny(tmp_path, stages="A"))
+    with pytest.raises(ConfigError, match="--stages takes"):
+        run_search(tiny(tmp_path, stages="L,X"))
+    with pytest.raises(ConfigError, match="no search run"):
+        run_search(tiny(tmp_path, name="none"), resume=True)
+    run_search(tiny(tmp_path, name="done", stages="L"))
+    with pytest.raises(ConfigError, match="already has the output of stage L"):
+        run_search(tiny(tmp_path, name="done", stages="L"))
+    with pytest.raises(ConfigError, match="different settings"):
+        run_search(tiny(tmp_path, name="done", stages="L", seed=3), resume=True)
+    with pytest.raises(ConfigError, match="latency-table"):
+        run_search(tiny(tmp_path, name="jet", device="jetson", stages="A,T"))
