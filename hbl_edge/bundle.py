@@ -9,7 +9,6 @@ statistics included) so training can be continued; export folds them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from .errors import BundleError, GenotypeError
 from .genotype import Genotype
 from .network import PAD_MULTIPLE, Network, count_parameters
-from .runio import atomic_path, versions, write_json
+from .runio import atomic_path, read_json, versions, write_json
 
 FORMAT = "hbl-bundle/1"
 WEIGHTS = "model.safetensors"
@@ -101,10 +100,7 @@ def resolve_bundle_dir(path: str | Path) -> Path:
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     p = resolve_bundle_dir(path)
-    try:
-        meta = json.loads((p / META).read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{p / META}: malformed JSON at line {e.lineno} column {e.colno}") from None
+    meta = read_json(p / META, BundleError, "bundle metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise BundleError(f"{p / META}: unknown bundle format {found!r}; this version reads {FORMAT!r}")

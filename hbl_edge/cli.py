@@ -222,13 +222,13 @@ def print_report(report: dict) -> None:
 @user_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo writes everything"),
-    steps: int = typer.Option(600, help="training steps (the default takes a few minutes on 2 cores)"),
+    steps: int = typer.Option(800, help="final training steps (the whole demo takes a few minutes on 2 cores)"),
     task: str = typer.Option("lowlight"),
 ) -> None:
-    """Train a small model on the embedded data, compare it with the input and a baseline."""
+    """Search a loss and an architecture on the embedded data, train it, compare with the input and baselines."""
     from .demo import run_demo
 
-    run_demo(out=out, steps=steps, task=task, train_fn=_train_with_progress, console=console, print_report=print_report)
+    run_demo(out=out, steps=steps, task=task, search_fn=run_search_with_progress, console=console, print_report=print_report)
 
 
 # ------------------------------------------------------------------------------------------
@@ -369,6 +369,146 @@ def bench(
     if json_path is not None:
         write_json(json_path, report.to_dict())
         console.print(f"report: {json_path}")
+
+
+def _parse_wxh(text: str, option: str) -> tuple:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"{option} takes WxH such as 1280x720, got {text!r}") from None
+    return (w, h)
+
+
+@app.command()
+@user_errors
+def search(
+    task: str = typer.Option("lowlight", help="lowlight | dehaze | underwater"),
+    data: str = typer.Option("embedded", help="'embedded' or a dataset folder"),
+    device: str = typer.Option("cpu", help="cpu | cuda | jetson | jetson-orin-nano | jetson-orin-nx | jetson-agx-orin | jetson-xavier-nx"),
+    backend: str = typer.Option("onnxruntime", help="backend the target runs (for measured latency): onnxruntime | torch | tensorrt"),
+    latency_budget: Optional[float] = typer.Option(None, help="latency budget in ms at --resolution (omit: no latency term)"),
+    latency_table: Optional[Path] = typer.Option(None, help="latency table measured on the target (hbl-edge profile)"),
+    latency_form: str = typer.Option("multiplicative", help="multiplicative L·(LAT/T)^β | additive L + μ·LAT/T"),
+    resolution: str = typer.Option("1280x720", help="WxH the budget refers to"),
+    space: str = typer.Option("paper", help="search space: paper | edge"),
+    objective: str = typer.Option("fidelity", help="stage-L upper objective: fidelity | critic"),
+    critic: Optional[Path] = typer.Option(None, help="a quality critic (safetensors) instead of training one"),
+    order: str = typer.Option("second", help="hypergradient: second | first | exact"),
+    stages: str = typer.Option("L,A,T", help="stages to run, e.g. L,A or T"),
+    steps_l: int = typer.Option(200, help="stage L steps"),
+    steps_a: int = typer.Option(400, help="stage A steps"),
+    steps_t: int = typer.Option(2000, help="stage T (final training) steps"),
+    seed: int = typer.Option(0),
+    deterministic: bool = typer.Option(False, help="deterministic algorithms (a resumed run ends identical)"),
+    quick: bool = typer.Option(False, help="small supernet and few steps: a full search in minutes on a CPU"),
+    vgg_weights: Optional[Path] = typer.Option(None, help="local VGG19 weights (adds the vgg term)"),
+    lpips_weights: Optional[Path] = typer.Option(None, help="local LPIPS weights (adds the lpips term)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    out: Path = typer.Option(Path("runs/search"), help="run directory"),
+    resume: bool = typer.Option(False, help="continue the run in --out (same options)"),
+) -> None:
+    """Search architecture and loss (stages L, A), then train the result (stage T)."""
+    from .search.config import SearchConfig, quick_overrides
+
+    cfg = SearchConfig(
+        task=task, data=data, out=str(out), stages=stages, space=space, device=device, backend=backend,
+        latency_table=str(latency_table) if latency_table else None, latency_budget=latency_budget,
+        resolution=_parse_wxh(resolution, "--resolution"), latency_form=latency_form, order=order,
+        objective=objective, critic=str(critic) if critic else None, steps_l=steps_l, steps_a=steps_a,
+        steps_t=steps_t, seed=seed, deterministic=deterministic, quick=quick, threads=threads,
+        vgg_weights=str(vgg_weights) if vgg_weights else None, lpips_weights=str(lpips_weights) if lpips_weights else None,
+    )
+    if quick:
+        for k, v in quick_overrides().items():
+            setattr(cfg, k, v)
+    result = run_search_with_progress(cfg, resume=resume)
+    if result.interrupted:
+        raise typer.Exit(130)
+    print_search_summary(out)
+
+
+def run_search_with_progress(cfg, resume: bool = False):
+    from .search.driver import run_search
+
+    bars: dict = {}
+    with _progress() as prog:
+
+        def on_step(stage: str, step: int, total: int, rec: dict) -> None:
+            if stage not in bars:
+                bars[stage] = prog.add_task(f"stage {stage}", total=total, status="")
+            if stage == "L":
+                lam = " ".join(f"{k}={v:.2f}" for k, v in rec.get("lambda", {}).items())
+                status = f"upper {rec['upper_loss']:.4f} λ {lam}"
+            elif stage == "A":
+                lat = f" E[lat] {rec['expected_latency_ms']:.1f} ms" if "expected_latency_ms" in rec else ""
+                status = f"upper {rec['upper_loss']:.4f}{lat} | {rec['genotype'][:60]}"
+            else:
+                status = f"loss {rec['loss']:.4f}" + (f" val {rec['val_psnr']:.2f} dB" if "val_psnr" in rec else "")
+            prog.update(bars[stage], completed=step, status=status)
+
+        return run_search(cfg, resume=resume, progress=on_step)
+
+
+def print_search_summary(out: Path) -> None:
+    from .search.driver import search_summary
+
+    info = search_summary(out)
+    table = Table(title=f"search run {out}", show_header=False)
+    if "loss" in info:
+        table.add_row("loss λ*", ", ".join(f"{k}={v:.3g}" for k, v in info["loss"].items()))
+    if "genotype" in info:
+        table.add_row("genotype", info["genotype"])
+    lat = info.get("latency")
+    if lat:
+        measured = f", measured {lat['measured_ms']:.1f} ms" if lat.get("measured_ms") else ""
+        table.add_row("latency", f"predicted {lat['predicted_ms']:.1f} ms{measured} (budget {lat['budget_ms']} ms; {lat['model']})")
+    if "test" in info:
+        t = info["test"]
+        table.add_row("test", f"PSNR {t['psnr']:.2f} dB (input {t['input_psnr']:.2f}), SSIM {t['ssim']:.3f} (input {t['input_ssim']:.3f})")
+    console.print(table)
+    console.print(f"files: {out}/loss.json, {out}/genotype.json, {out}/model/ (bundle), {out}/plots/")
+
+
+@app.command()
+@user_errors
+def profile(
+    device: str = typer.Option("cpu", help="cpu | cuda | jetson | a Jetson preset (must be the machine this runs on)"),
+    backend: str = typer.Option("onnxruntime", help="onnxruntime | torch | tensorrt"),
+    resolution: str = typer.Option("1280x720", help="WxH"),
+    space: str = typer.Option("paper", help="search space to profile"),
+    channels: str = typer.Option("16,32", help="C1,C2"),
+    units: int = typer.Option(7, help="HNUs (for the fixed part)"),
+    out: Path = typer.Option(Path("latency.json"), help="where to write the table"),
+    repeats: int = typer.Option(20),
+    warmup: int = typer.Option(3),
+    dtype: str = typer.Option("float32", help="float32 | float16"),
+    threads: Optional[int] = typer.Option(None),
+    calibrate: int = typer.Option(0, help="fit a calibration on N random whole networks (recommended: 15)"),
+    estimate: bool = typer.Option(False, help="write a roofline estimate from published specs instead of measuring"),
+) -> None:
+    """Measure the latency of every op of a space on this machine (the table the search uses)."""
+    from .search.profiler import estimate_table
+    from .search.profiler import profile as run_profile
+
+    try:
+        chans = tuple(int(c) for c in channels.split(","))
+    except ValueError:
+        raise ConfigError(f"--channels takes C1,C2 such as 16,32, got {channels!r}") from None
+    res = _parse_wxh(resolution, "--resolution")
+    if estimate:
+        table = estimate_table(device, res, space, chans, units=units, out=out)
+    else:
+        with _progress() as prog:
+            bars: dict = {}
+
+            def on_progress(phase: str, done: int, total: int) -> None:
+                if phase not in bars:
+                    bars[phase] = prog.add_task(phase, total=total, status="")
+                prog.update(bars[phase], completed=done, total=total)
+
+            table = run_profile(device, backend, res, space, chans, out=out, repeats=repeats, warmup=warmup,
+                                dtype=dtype, threads=threads, units=units, calibrate=calibrate, progress=on_progress)
+    console.print(f"[green]wrote[/] {out}: {len(table.entries)} op entries; {table.label}")
 
 
 genotype_app = typer.Typer(help="Inspect and validate genotypes.", no_args_is_help=True)

@@ -12,13 +12,13 @@ search code. Built-in named genotypes (:data:`NAMED_GENOTYPES`) are accepted whe
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 from .errors import GenotypeError
 from .ops import get_space
+from .runio import read_json, write_json
 
 FORMAT = "hbl-genotype/1"
 ENCODER_EDGES = 9  # head + 2 residual pairs at full res + 2 residual pairs at 1/2
@@ -119,12 +119,7 @@ class Genotype:
             raise GenotypeError(f"{source}: {e}") from None
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json(path, self.to_dict())
 
     def summary(self) -> str:
         """A compact one-line description (op counts), for logs and progress displays."""
@@ -195,10 +190,4 @@ def load_genotype(spec: GenotypeLike) -> Genotype:
         path = path / "genotype.json"
         if not path.exists():
             raise GenotypeError(f"{spec}: a directory without genotype.json; pass the genotype file itself")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise GenotypeError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GenotypeError(f"{path}: cannot read genotype file ({e})") from None
-    return Genotype.from_dict(data, source=str(path))
+    return Genotype.from_dict(read_json(path, GenotypeError, "genotype file"), source=str(path))

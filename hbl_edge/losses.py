@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .errors import LossSpecError
+from .runio import read_json
 
 log = logging.getLogger(__name__)
 
@@ -915,12 +916,7 @@ def parse_loss_spec(text_or_path: Union[str, "os.PathLike[str]", LossSpec]) -> L
         raise LossSpecError(
             f"loss spec file not found: {p}; give an existing loss.json or a string like 'l1=1,ssim=0.5'"
         )
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LossSpecError(f"{p}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LossSpecError(f"cannot read loss spec {p}: {exc}") from None
+    data = read_json(p, LossSpecError, "loss spec")
     try:
         return LossSpec.from_dict(data)
     except LossSpecError as exc:

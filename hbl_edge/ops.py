@@ -258,21 +258,17 @@ def register_space(space: Space) -> Space:
     return space
 
 
+PAPER_HNU_OPS = (
+    "skip_connect", "conv_1x1", "conv_3x3", "dilconv_3x3", "resconv_1x1", "resconv_3x3",
+    "resdilconv_3x3", "denseblocks_1x1", "denseblocks_3x3",
+)
+PAPER_FCM_OPS = ("conv_5x5", "conv_1x1", "conv_3x3", "dilconv_3x3")
+
 register_space(
     Space(
         name="paper",
-        hnu=(
-            "skip_connect",
-            "conv_1x1",
-            "conv_3x3",
-            "dilconv_3x3",
-            "resconv_1x1",
-            "resconv_3x3",
-            "resdilconv_3x3",
-            "denseblocks_1x1",
-            "denseblocks_3x3",
-        ),
-        fcm=("conv_5x5", "conv_1x1", "conv_3x3", "dilconv_3x3"),
+        hnu=PAPER_HNU_OPS,
+        fcm=PAPER_FCM_OPS,
         doc="The space of the HBL paper and its reference code (the default, for reproduction).",
     )
 )
@@ -281,22 +277,9 @@ register_space(
 register_space(
     Space(
         name="edge",
-        hnu=(
-            # The paper's 9 ops first, in the paper's order, then the cheap ones.
-            "skip_connect",
-            "conv_1x1",
-            "conv_3x3",
-            "dilconv_3x3",
-            "resconv_1x1",
-            "resconv_3x3",
-            "resdilconv_3x3",
-            "denseblocks_1x1",
-            "denseblocks_3x3",
-            "sepconv_3x3",
-            "dilsepconv_3x3",
-            "conv_3x3_half",
-        ),
-        fcm=("conv_5x5", "conv_1x1", "conv_3x3", "dilconv_3x3", "sepconv_3x3", "conv_3x3_half"),
+        # The paper's ops first, in the paper's order, then the cheap ones.
+        hnu=PAPER_HNU_OPS + ("sepconv_3x3", "dilsepconv_3x3", "conv_3x3_half"),
+        fcm=PAPER_FCM_OPS + ("sepconv_3x3", "conv_3x3_half"),
         doc=(
             "The paper's space plus cheaper ops for small GPUs (depthwise-separable 3×3, dilated "
             "depthwise-separable 3×3, half-width 3×3 bottleneck); pair it with the latency term."

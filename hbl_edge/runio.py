@@ -41,6 +41,17 @@ def write_json(path: str | Path, data: Any) -> Path:
     return Path(path)
 
 
+def read_json(path: str | Path, error: type[Exception], what: str) -> Any:
+    """Parse a user-supplied JSON file; any problem is ``error`` with a one-line message."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read the {what} ({e})") from None
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

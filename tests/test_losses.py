@@ -169,7 +169,7 @@ class TestSpec:
         p.write_text('{"format": "hbl-loss/1",\n  "terms": {"l1": 1,}}')
         with pytest.raises(LossSpecError) as e:
             L.parse_loss_spec(p)
-        assert str(e.value) == f"{p}: invalid JSON at line 2, column 21: Expecting property name enclosed in double quotes"
+        assert str(e.value) == f"{p}: malformed JSON at line 2 column 21: Expecting property name enclosed in double quotes"
 
     def test_json_errors(self, tmp_path):
         p = tmp_path / "loss.json"

@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .machine import cpu_model
+
 from ..errors import BundleError, ConfigError
 from .runners import BackendError, unavailable_reason
 
@@ -84,16 +86,6 @@ def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # What it ran on
 # ---------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _version(dist: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -119,7 +111,7 @@ def machine_info() -> dict[str, Any]:
     from .. import __version__
 
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": usable,
         "gpu": device_label(cuda_device_identity()),

@@ -32,7 +32,6 @@ ProxylessNAS / FBNet form), T the budget in ms at the table's resolution.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -224,13 +223,9 @@ class LatencyTable:
         p = Path(path)
         if not p.is_file():
             raise LatencyTableError(f"latency table {str(p)!r} does not exist; write one with `hbl-edge profile --out`")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise LatencyTableError(f"{p}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise LatencyTableError(f"{p}: cannot read the latency table ({e})") from None
-        return cls.from_dict(data, source=str(p))
+        from ..runio import read_json
+
+        return cls.from_dict(read_json(p, LatencyTableError, "latency table"), source=str(p))
 
 
 def load_table(path: str | os.PathLike[str]) -> LatencyTable:

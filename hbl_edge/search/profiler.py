@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..runtime.machine import cpu_model
 from ..genotype import GenotypeLike, load_genotype
 from ..ops import get_space, make_op
 from ..runtime.runners import BackendError
@@ -529,16 +530,6 @@ def _stats(samples: list[float], overhead: float = 0.0) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # Machine description
 # ---------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(torch_device: str = "cpu", backend: str = "onnxruntime", device_tree: Any = None) -> dict[str, Any]:
     """What the numbers were measured on: CPU model and cores, GPU name, Jetson model."""
     from .devices import jetson_model_string
@@ -884,13 +875,12 @@ class _CountKernels:
         flops = float(out_elems)
         if name == "convolution":
             x, wt = args[0], args[1]
-            transposed, groups = bool(args[6]), int(args[8])
+            transposed = bool(args[6])  # grouped convs: wt.shape[1] is already C/groups
             k = wt.shape[2] * wt.shape[3]
             if transposed:  # weight [C_in, C_out/g, kh, kw]
                 flops = 2.0 * x.numel() * wt.shape[1] * k
             else:  # weight [C_out, C_in/g, kh, kw]
                 flops = 2.0 * out_elems * wt.shape[1] * k
-            del groups
         self.kernels.append((flops, 2.0 * elems))
 
 

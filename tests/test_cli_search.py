@@ -1,0 +1,59 @@
+"""`hbl-edge search` and `hbl-edge profile` through the CLI."""
+
+import json
+
+from typer.testing import CliRunner
+
+from hbl_edge.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_search_cli_end_to_end_and_resume_refusal(tmp_path, monkeypatch):
+    # A tiny supernet through the real CLI: --quick, with the step counts cut further.
+    from hbl_edge.search import config
+
+    small = dict(config.quick_overrides(), channels=(4, 8), units=1, steps_l=2, steps_a=2, steps_t=4,
+                 crop=32, train_crop=32, critic_steps=4)
+    monkeypatch.setattr(config, "quick_overrides", lambda: small)
+    out = tmp_path / "run"
+    res = invoke("search", "--quick", "--device", "jetson-orin-nx", "--latency-budget", 10, "--resolution", "64x48",
+                 "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "genotype" in res.output and "ESTIMATE" in res.output
+    assert (out / "model" / "model.json").exists()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["quick"] is True and saved["units"] == 1 and saved["device"] == "jetson-orin-nx"
+    again = invoke("search", "--quick", "--out", out)
+    assert again.exit_code == 2 and "already has the output" in again.output
+
+
+def test_search_cli_user_errors(tmp_path):
+    for args, needle in [
+        (["--order", "first"], "--order second"),
+        (["--stages", "Q"], "--stages takes"),
+        (["--resolution", "big"], "WxH"),
+        (["--device", "jetson", "--latency-budget", "30"], "latency-table"),
+        (["--task", "fog"], "unknown task"),
+    ]:
+        res = invoke("search", "--out", tmp_path / "r", *args)
+        assert res.exit_code == 2, (args, res.output)
+        assert needle in res.output and "Traceback" not in res.output
+
+
+def test_profile_cli(tmp_path):
+    out = tmp_path / "lat.json"
+    res = invoke("profile", "--device", "cpu", "--backend", "torch", "--resolution", "32x24", "--channels", "4,8",
+                 "--units", 1, "--repeats", 2, "--warmup", 1, "--out", out)
+    assert res.exit_code == 0, res.output
+    table = json.loads(out.read_text())
+    assert table["format"] == "hbl-latency/1" and table["estimate"] is False and table["entries"]
+    est = tmp_path / "est.json"
+    res = invoke("profile", "--device", "jetson-agx-orin", "--estimate", "--resolution", "64x48", "--out", est)
+    assert res.exit_code == 0 and json.loads(est.read_text())["estimate"] is True
+    res = invoke("profile", "--backend", "tensorrt", "--out", tmp_path / "x.json")
+    assert res.exit_code == 2 and "TensorRT is not installed" in res.output
