@@ -183,39 +183,26 @@ class ExportResult:
 # ---------------------------------------------------------------------------------------------
 # Parity
 # ---------------------------------------------------------------------------------------------
-def _scene(h: int, w: int, rng: np.random.Generator, dark: float) -> np.ndarray:
-    """A photo-like 3×H×W test image: smooth illumination, flat objects, edges, texture, noise."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    yy /= max(h - 1, 1)
-    xx /= max(w - 1, 1)
-    base = rng.uniform(0.2, 0.8, size=(3, 1, 1)).astype(np.float32)
-    img = base * (0.6 + 0.4 * (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1)))[None]
-    for _ in range(6):  # rectangles and discs with hard edges
-        colour = rng.uniform(0, 1, size=(3, 1, 1)).astype(np.float32)
-        cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
-        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) if rng.random() < 0.5 else (
-            (np.abs(yy - cy) < r) & (np.abs(xx - cx) < r * 1.5)
-        )
-        img = np.where(mask[None], colour, img)
-    img += 0.05 * np.sin(xx * rng.uniform(20, 60))[None] * np.sin(yy * rng.uniform(20, 60))[None]
-    illumination = dark * (0.5 + 0.5 * np.exp(-((xx - 0.3) ** 2 + (yy - 0.4) ** 2) * 4))[None]
-    img = img * illumination + rng.normal(0, 0.01, size=img.shape)
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
+def parity_images(
+    seed: int = 0, sizes: Sequence[tuple[int, int, int]] | None = None, task: str = "lowlight"
+) -> ParityImages:
+    """Random-noise batches of several sizes (N, H, W), odd ones included, plus real photos.
 
-
-def parity_images(seed: int = 0, sizes: Sequence[tuple[int, int, int]] | None = None) -> ParityImages:
-    """Random-noise and photo-like batches of several sizes, odd ones included (N, H, W).
-
-    The default set covers a 1×1 image, sides below the padding multiple, odd sides, a batch of
-    two and a dark photo-like scene (what a low-light model sees).
+    The default set covers a 1×1 image, sides below the padding multiple, odd sides and a batch
+    of two; the real photos are two images of the task's embedded test split (real scenes with
+    the task's degradation: what the model sees in use).
     """
+    from ..data import embedded
+
     rng = np.random.default_rng(seed)
     sizes = list(sizes) if sizes is not None else [(1, 1, 1), (1, 3, 5), (2, 37, 53), (1, 64, 64)]
     out: ParityImages = []
     for n, h, w in sizes:
         out.append((f"random-{n}x{h}x{w}", rng.random((n, 3, h, w), dtype=np.float32)))
-    for (h, w), dark in (((61, 83), 0.25), ((48, 72), 0.9)):
-        out.append((f"scene-{h}x{w}-{'dark' if dark < 0.5 else 'bright'}", _scene(h, w, rng, dark)[None]))
+    photos = embedded(task, "test")
+    for i in (0, len(photos) - 1):
+        name, inp, _ = photos.load(i)
+        out.append((f"photo-{name}", np.ascontiguousarray(inp.transpose(2, 0, 1))[None]))
     return out
 
 
@@ -423,7 +410,7 @@ def export_onnx(
 
     failures = []
     if check:
-        imgs = images if images is not None else parity_images(seed)
+        imgs = images if images is not None else parity_images(seed, task=source.get("task") or "lowlight")
         fp32_run = onnx_runner(onnx_path)
         result.parity = check_parity(
             fp32_run, torch_reference(network), imgs, tolerance, ("onnxruntime fp32", "pytorch (unfolded, eval)")

@@ -50,7 +50,7 @@ def plot_alpha(supernet, path: Path) -> Path:
     probs = {k: v.detach().float() for k, v in supernet.edge_probabilities().items()}
     space = supernet.space
     units = probs["hnu"].shape[0]
-    fig, axes = plt.subplots(1, 2 + units, figsize=(2.2 * (2 + units) + 2, 4.2),
+    fig, axes = plt.subplots(1, 2 + units, figsize=(1.1 * (2 + units) + 0.3 * len(space.hnu) * units, 5.0),
                              gridspec_kw={"width_ratios": [len(space.fcm)] * 2 + [len(space.hnu)] * units})
     panels = [("encoder", probs["encoder"], space.fcm), ("decoder", probs["decoder"], space.fcm)]
     panels += [(f"HNU {u}", probs["hnu"][u], space.hnu) for u in range(units)]
@@ -64,7 +64,8 @@ def plot_alpha(supernet, path: Path) -> Path:
         best = torch.argmax(p, dim=1)
         for i, j in enumerate(best.tolist()):
             ax.text(j, i, "●", ha="center", va="center", color="red", fontsize=6)
-    fig.colorbar(im, ax=axes, shrink=0.7, label="softmax(α)")
+    fig.subplots_adjust(left=0.04, right=0.9, bottom=0.3, top=0.86, wspace=0.35)
+    fig.colorbar(im, ax=axes, shrink=0.7, label="softmax(α)", pad=0.02)
     fig.suptitle("architecture weights per edge (● = argmax)")
     return _save(fig, path)
 
