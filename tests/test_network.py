@@ -26,16 +26,6 @@ from hbl_edge.network import (
 from hbl_edge.ops import SPACES, Conv, DenseBlock, Identity, ResConv, make_op
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # These tensors are tiny: intra-op threads only add synchronisation, and on a shared 2-core
-    # machine they make each conv ~10× slower. Restored afterwards for other test modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _x(*shape: int, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(*shape, generator=g, dtype=dtype)

@@ -41,16 +41,6 @@ PAPER_HNU = (
 PAPER_FCM = ("conv_5x5", "conv_1x1", "conv_3x3", "dilconv_3x3")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # These tensors are tiny: intra-op threads only add synchronisation, and on a shared 2-core
-    # machine they make each conv ~10× slower. Restored afterwards for other test modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # Ops that need C_in == C_out by definition (identity / residual / dense concat).
 EQUAL_CHANNEL_OPS = (
     "skip_connect", "resconv_1x1", "resconv_3x3", "resdilconv_3x3",

@@ -24,14 +24,6 @@ from hbl_edge.search.supernet import (
 SMALL = dict(channels=(4, 8), units=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _x(*shape: int, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -146,8 +147,9 @@ def _run_bilevel(
             with atomic_path(out / LOG) as tmp:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     while state.step < steps:
+        t0 = time.perf_counter()
         rec = step_fn(state.step)
-        rec = {"stage": stage, **rec}
+        rec = {"stage": stage, **rec, "seconds": time.perf_counter() - t0}
         append_jsonl(out / LOG, rec)
         if progress:
             progress(stage, state.step, steps, rec)
