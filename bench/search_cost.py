@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--mem-steps", type=int, default=3, help="steps run by each memory subprocess")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other configurations already in --out (replace only those run now)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "search_cost.json"))
     ap.add_argument("--mem-child", nargs=2, metavar=("CONFIG", "KIND"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -286,8 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and out.exists():
+        old = json.loads(out.read_text())
+        doc["results"] = {**{k: v for k, v in old.get("results", {}).items() if k not in results}, **results}
+        doc["runs"] = [*old.get("runs", [old.get("setup", {}) | {"configs": list(old.get("results", {}))}]),
+                       doc["setup"] | {"configs": list(results)}]
     out.write_text(json.dumps(doc, indent=1) + "\n")
-    print("\n" + table(results))
+    print("\n" + table(doc["results"]))
     print(f"\nwrote {out}")
     return 0
 

@@ -40,15 +40,17 @@ def _res(s: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _subset(name: str) -> str:
-    return name.split("_", 1)[0] if "_" in name else "all"
+def _subset(name: str, grouped: bool = True) -> str:
+    """Test subset of an image: its dataset prefix (``lol_``, ``fivek_``, ``lsui_`` …) on real sets."""
+    return name.split("_", 1)[0] if grouped and "_" in name else "all"
 
 
 def _summarise_eval(rep: dict[str, Any]) -> dict[str, Any]:
     rows = rep["per_image"]
+    grouped = rep.get("data") != "embedded"  # embedded names are photo regions, not datasets
     subsets: dict[str, dict[str, Any]] = {}
-    for key in sorted({_subset(r["name"]) for r in rows}):
-        sel = [r for r in rows if _subset(r["name"]) == key]
+    for key in sorted({_subset(r["name"], grouped) for r in rows}):
+        sel = [r for r in rows if _subset(r["name"], grouped) == key]
         subsets[key] = {"n": len(sel), **{m: float(statistics.fmean(r[m] for r in sel))
                                           for m in ("psnr", "ssim", "input_psnr", "input_ssim") if m in sel[0]}}
     return {
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-lr", type=float, default=1e-3)
     ap.add_argument("--latency-budget", type=float, default=100.0, help="ms at --latency-resolution")
     ap.add_argument("--latency-resolution", default="640x360")
-    ap.add_argument("--latency-table", default="runs/bench_search_quality/latency_cpu_ort_640x360_c8-16_u3.json",
+    ap.add_argument("--latency-table", default="/tmp/hbl_search_quality/latency_cpu_ort_640x360_c8-16_u3.json",
                     help="cached latency table for stage A (profiled once, then shared by every run)")
     ap.add_argument("--lat-resolutions", default="600x400,1280x720")
     ap.add_argument("--lat-repeats", type=int, default=9)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     channels = tuple(int(c) for c in args.channels.split(","))
     out_json = Path(args.out)
-    work = Path(args.work or f"runs/bench_search_quality/{out_json.stem}")
+    work = Path(args.work or f"/tmp/hbl_search_quality/{out_json.stem}")
     work.mkdir(parents=True, exist_ok=True)
     objectives = [o for o in args.objectives.split(",") if o]
 

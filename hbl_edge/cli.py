@@ -222,7 +222,7 @@ def print_report(report: dict) -> None:
 @user_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo writes everything"),
-    steps: int = typer.Option(800, help="final training steps (the whole demo takes a few minutes on 2 cores)"),
+    steps: int = typer.Option(1000, help="final training steps (the whole demo takes a few minutes on 2 cores)"),
     task: str = typer.Option("lowlight"),
 ) -> None:
     """Search a loss and an architecture on the embedded data, train it, compare with the input and baselines."""

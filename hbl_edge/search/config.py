@@ -113,5 +113,5 @@ def quick_overrides() -> dict:
     """
     return dict(
         channels=(8, 16), units=3, steps_l=12, steps_a=30, steps_t=300, crop=48, critic_steps=60,
-        w_lr=0.02, upper_lr=3e-2, train_crop=64, ckpt_every=10,
+        w_lr=0.02, upper_lr=3e-2, train_crop=64, train_lr=2e-3, ckpt_every=10,
     )
