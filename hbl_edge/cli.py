@@ -284,60 +284,30 @@ def export(
     force_rebuild: bool = typer.Option(False, help="rebuild the engine even when the cache holds a matching one"),
 ) -> None:
     """Export a bundle to ONNX (+ FP16/INT8) with parity checks, and optionally build a TensorRT(-RTX) engine."""
-    import json
-
-    from .bundle import read_meta
-    from .export import export_onnx
+    from .export.pipeline import export_bundle
 
     bundle = _bundle_or_newest(bundle)
-    meta = read_meta(bundle)  # a bad bundle fails here, before anything is written
-    if engine is not None and engine not in ("tensorrt", "tensorrt-rtx"):
-        raise ConfigError(f"unknown --engine {engine!r}; use tensorrt or tensorrt-rtx")
-    if (shapes or compute_capability or timing_cache or force_rebuild) and engine is None:
-        raise ConfigError("--shapes, --compute-capability, --timing-cache and --force-rebuild need --engine")
-    if engine is not None:  # profile syntax errors before the (slow) export
-        from .export.engines import parse_profile
-
-        for spec in shapes or []:
-            parse_profile(spec)
-    out_dir = out if out is not None else Path(bundle) / "export"
-    with console.status("exporting ONNX and checking parity"):
-        result = export_onnx(bundle, out_dir, opset=opset, fp16=fp16, tolerance=tolerance)
+    with console.status("exporting ONNX, checking parity" + (", quantising, building the engine" if engine or int8 else "")):
+        s = export_bundle(
+            bundle, out, opset=opset, tolerance=tolerance, fp16=fp16, int8=int8, calib_data=calib_data,
+            calib_samples=calib_samples, engine=engine, shapes=shapes, workspace_mb=workspace_mb,
+            timing_cache=timing_cache, compute_capabilities=compute_capability, force_rebuild=force_rebuild,
+        )
+    result, q = s.onnx, s.int8
     rows = []
     for label, rep in ((result.onnx_path.name, result.parity), (f"{result.onnx_path.stem}.fp16.onnx", result.fp16_parity)):
         if rep is not None:
             rows.append([label, rep.reference, str(len(rep.cases)), f"{rep.max_abs:.3g}", f"{rep.mean_abs:.3g}",
                          f"{rep.tolerance:g}", "", "[green]yes[/]" if rep.passed else "[red]no[/]"])
-    if int8:
-        from .export.quantize import quantize_int8, record_int8
-
-        with console.status(f"INT8: calibrating on {calib_samples} {calib_data} crops"):
-            q = quantize_int8(result.onnx_path, task=meta["task"], data=calib_data, samples=calib_samples)
-        record_int8(result.meta_path, q)
+    if q is not None:
         rows.append([q.path.name, "onnxruntime fp32", str(q.quality["images"]), f"{q.parity['max_abs']:.3g}",
                      f"{q.parity['mean_abs']:.3g}", "–", f"{q.quality['psnr_mean_db']:.1f} (min {q.quality['psnr_min_db']:.1f})",
                      "[yellow]check[/]" if q.warnings else "[green]yes[/]"])
     console.print(_parity_table(rows))
-    written = [result.onnx_path] + [p for p in (result.fp16_path,) if p] + ([q.path] if int8 else [])
-    console.print(f"[green]wrote[/] {', '.join(p.name for p in written)} and {result.meta_path.name} to {out_dir} "
+    console.print(f"[green]wrote[/] {', '.join(p.name for p in s.written)} and {result.meta_path.name} to {s.out_dir} "
                   f"(opset {opset})")
-    if engine is not None:
-        from .export import build_engine
-
-        with console.status(f"building the {engine} engine"):
-            r = build_engine(result.onnx_path, out_dir, kind=engine, shapes=shapes or None, fp16=fp16, int8=int8,
-                             workspace_mb=workspace_mb, timing_cache=timing_cache,
-                             compute_capabilities=compute_capability or None, force=force_rebuild)
-        record = json.loads(result.meta_path.read_text())
-        record.setdefault("engines", [])
-        record["engines"] = [e for e in record["engines"] if e.get("path") != r.path.name] + [{
-            "path": r.path.name, "key": r.key, "kind": r.kind, "library_version": r.library_version,
-            "precision": r.precision, "device": r.device, "profiles": r.profiles, "onnx": r.onnx_path.name,
-            "built": r.built, "build_seconds": round(r.build_seconds, 3),
-        }]
-        from .runio import write_json
-
-        write_json(result.meta_path, record)
+    if s.engine is not None:
+        r = s.engine
         console.print(f"[green]{'built' if r.built else 'cached'}[/] {r.path.name} ({r.kind} {r.library_version}, "
                       f"{r.precision}, {'; '.join(r.profiles)}, device {r.device})")
 
