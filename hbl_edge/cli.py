@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import ConfigError, HblError
+from .runio import parse_resolution
 
 app = typer.Typer(
     name="hbl-edge",
@@ -327,7 +328,7 @@ def bench(
 ) -> None:
     """Latency of several backends side by side: p50/p90/p99 and images/s, with what it ran on."""
     from .runio import write_json
-    from .runtime.benchmark import parse_backends, parse_resolution, render_table, run_benchmark
+    from .runtime.benchmark import parse_backends, render_table, run_benchmark
 
     names = parse_backends(backend)
     res = parse_resolution(resolution)
@@ -339,14 +340,6 @@ def bench(
     if json_path is not None:
         write_json(json_path, report.to_dict())
         console.print(f"report: {json_path}")
-
-
-def _parse_wxh(text: str, option: str) -> tuple:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"{option} takes WxH such as 1280x720, got {text!r}") from None
-    return (w, h)
 
 
 @app.command()
@@ -383,7 +376,7 @@ def search(
     cfg = SearchConfig(
         task=task, data=data, out=str(out), stages=stages, space=space, device=device, backend=backend,
         latency_table=str(latency_table) if latency_table else None, latency_budget=latency_budget,
-        resolution=_parse_wxh(resolution, "--resolution"), latency_form=latency_form, order=order,
+        resolution=parse_resolution(resolution, minimum=4), latency_form=latency_form, order=order,
         objective=objective, critic=str(critic) if critic else None, steps_l=steps_l, steps_a=steps_a,
         steps_t=steps_t, seed=seed, deterministic=deterministic, quick=quick, threads=threads,
         vgg_weights=str(vgg_weights) if vgg_weights else None, lpips_weights=str(lpips_weights) if lpips_weights else None,
@@ -464,7 +457,7 @@ def profile(
         chans = tuple(int(c) for c in channels.split(","))
     except ValueError:
         raise ConfigError(f"--channels takes C1,C2 such as 16,32, got {channels!r}") from None
-    res = _parse_wxh(resolution, "--resolution")
+    res = parse_resolution(resolution, minimum=4)
     if estimate:
         table = estimate_table(device, res, space, chans, units=units, out=out)
     else:

@@ -108,6 +108,25 @@ def versions() -> dict[str, str]:
     return out
 
 
+def parse_resolution(spec: Any, minimum: int = 1) -> tuple[int, int]:
+    """``"1280x720"`` (or ``(1280, 720)``) → (width, height), or a one-line ConfigError."""
+    from .errors import ConfigError
+
+    try:
+        if isinstance(spec, str):
+            w, sep, h = spec.lower().replace("×", "x").partition("x")
+            if not sep:
+                raise ValueError
+            w, h = int(w), int(h)
+        else:
+            w, h = (int(v) for v in spec)
+    except (TypeError, ValueError):
+        raise ConfigError(f"resolution {spec!r} is not WxH (WIDTHxHEIGHT, e.g. 1280x720)") from None
+    if w < minimum or h < minimum:
+        raise ConfigError(f"resolution {w}x{h} is too small: give WIDTHxHEIGHT with both sides ≥ {minimum}")
+    return w, h
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     import torch
 

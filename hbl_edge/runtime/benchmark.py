@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..runio import parse_resolution
 from .machine import cpu_model
 
 from ..errors import BundleError, ConfigError
@@ -234,14 +235,6 @@ def parse_backends(spec: str | Sequence[str]) -> list[str]:
     if bad:
         raise ConfigError(f"unknown backend {', '.join(map(repr, bad))}; choose from {', '.join(BENCH_BACKENDS)}")
     return list(dict.fromkeys(names))
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``"1280x720"`` → (width, height)."""
-    w, sep, h = str(text).lower().partition("x")
-    if not sep or not w.isdigit() or not h.isdigit() or int(w) < 1 or int(h) < 1:
-        raise ConfigError(f"bad resolution {text!r}: use WIDTHxHEIGHT, e.g. 1280x720")
-    return int(w), int(h)
 
 
 def _engine_profile(width: int, height: int, batch: int) -> str:

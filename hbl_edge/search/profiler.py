@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..runio import parse_resolution as _parse_resolution
 from ..runtime.machine import cpu_model
 from ..genotype import GenotypeLike, load_genotype
 from ..ops import get_space, make_op
@@ -74,21 +75,8 @@ Progress = Callable[[str, int, int], None]
 # Options
 # ---------------------------------------------------------------------------------------------
 def parse_resolution(spec: str | Sequence[int]) -> tuple[int, int]:
-    """``"1280x720"`` or ``(1280, 720)`` → (W, H), or a one-line ConfigError."""
-    if isinstance(spec, str):
-        parts = spec.lower().replace("×", "x").split("x")
-        try:
-            w, h = (int(p) for p in parts)
-        except ValueError:
-            raise ConfigError(f"resolution {spec!r} is not WxH (e.g. 1280x720)") from None
-    else:
-        try:
-            w, h = (int(v) for v in spec)
-        except (TypeError, ValueError):
-            raise ConfigError(f"resolution {spec!r} is not (W, H)") from None
-    if w < 4 or h < 4:
-        raise ConfigError(f"resolution {w}x{h} is too small; both sides must be ≥ 4")
-    return w, h
+    """(W, H) with both sides ≥ 4 (the network pads to a multiple of 4)."""
+    return _parse_resolution(spec, minimum=4)
 
 
 def normalise_backend(backend: str) -> str:
