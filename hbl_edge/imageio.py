@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from hbl_edge.errors import DataError, ImageLoadError
+from hbl_edge.runio import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -319,15 +319,8 @@ def save_image(path: str | os.PathLike[str], image: np.ndarray | torch.Tensor) -
     array = np.nan_to_num(array.astype(np.float32), nan=0.0)
     pixels = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(pixels, "RGB").save(tmp, format=fmt[0], **fmt[1])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

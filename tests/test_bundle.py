@@ -105,3 +105,13 @@ def test_weights_file_is_not_pickle(trained):
     _, path = trained
     head = (path / WEIGHTS).read_bytes()[:16]
     assert not head.startswith(b"\x80")  # pickle protocol marker
+
+
+def test_artifacts_get_normal_permissions(trained):
+    _, path = trained
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in (META, WEIGHTS):
+        assert (path / name).stat().st_mode & 0o777 == 0o666 & ~mask

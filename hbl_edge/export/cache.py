@@ -15,9 +15,10 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..runio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,29 +58,16 @@ def describe_mismatch(found: dict[str, Any], wanted: dict[str, Any]) -> str:
     return "; ".join(parts) or "no difference in the key fields"
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file, so a killed build leaves no half engine."""
     path = Path(path)
-    _write_bytes_atomic(path, bytes(data))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(bytes(data))
     return path
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    path = Path(path)
-    _write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
-    return path
+    return write_json(path, data)
 
 
 class EngineCache:
