@@ -21,10 +21,10 @@ alike. Median and IQR (25th–75th percentile) of wall-clock seconds per step, a
 ratio to ``first`` computed per round (paired) and then medianed.
 
 Peak memory: a fresh subprocess per (configuration, order) builds the supernet, loss and
-batches, runs warm-up + a few steps of that order only, and reports its own peak resident set
-size (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` read inside the child at exit, which covers
-torch's native allocations). A baseline subprocess does the same setup and runs no step; the
-step's peak memory is child peak − baseline peak.
+batches, resets the kernel's resident-set high-water mark (``/proc/self/clear_refs`` ← 5), runs a
+few steps of that order only, and reports VmHWM − VmRSS-after-setup: the memory the steps add on
+top of the resident supernet (torch's native allocations included). The earlier method
+(``ru_maxrss`` minus a baseline process) read 0: setup's own peak hid the steps'.
 
 Usage::
 
@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -151,14 +151,25 @@ def time_config(name: str, orders: list[str], warmup: int, steps: int) -> dict[s
 # ------------------------------------------------------------------------------------------
 # peak memory: one subprocess per (configuration, order)
 # ------------------------------------------------------------------------------------------
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def mem_child(name: str, kind: str, steps: int) -> None:
     runner = Runner(CONFIGS[name])
-    setup_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gc.collect()
+    # Reset the high-water mark after setup (Linux: writing 5 to clear_refs resets VmHWM), so the
+    # peak below is what the steps add on top of the resident supernet, loss and batches.
+    Path("/proc/self/clear_refs").write_text("5")
+    setup_kib = _status_kib("VmRSS")
     if kind != "baseline":
         for i in range(steps):
             runner.step(kind, i)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"peak_kib": peak_kb, "setup_kib": setup_kb}))
+    peak_kib = _status_kib("VmHWM")
+    print(json.dumps({"peak_kib": peak_kib, "setup_kib": setup_kib, "step_peak_mib": (peak_kib - setup_kib) / 1024}))
 
 
 def measure_memory(name: str, orders: list[str], steps: int, threads: int) -> dict[str, Any]:
@@ -176,10 +187,6 @@ def measure_memory(name: str, orders: list[str], steps: int, threads: int) -> di
         rec["wall_s"] = time.perf_counter() - t0
         res[kind] = rec
         print(f"  [{name}] memory {kind}: peak {rec['peak_kib'] / 1024:.1f} MiB", flush=True)
-    base = res.get("baseline", {}).get("peak_kib")
-    for kind in orders:
-        if base is not None and "peak_kib" in res.get(kind, {}):
-            res[kind]["step_peak_mib"] = (res[kind]["peak_kib"] - base) / 1024
     return res
 
 
@@ -276,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                   "data": "embedded lowlight train (lower) / val (upper) crops, drawn before timing",
                   "warmup": args.warmup, "timed_steps": args.steps,
                   "interleaving": "rounds; each round runs every order once, rotated start",
-                  "memory_method": "fresh subprocess per (config, order): its own "
-                                   "getrusage(RUSAGE_SELF).ru_maxrss after setup + mem_steps steps, minus "
-                                   "that of a baseline subprocess that only builds supernet, loss and batches",
+                  "memory_method": "fresh subprocess per (config, order): VmHWM reset after setup "
+                                   "(/proc/self/clear_refs = 5), then VmHWM after mem_steps steps minus "
+                                   "VmRSS after setup",
                   "mem_steps": args.mem_steps},
         "machine": info,
         "shared_machine": "yes: another long benchmark ran concurrently on the same 2 cores; "
