@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 
 from hbl_edge.bundle import save_bundle
-from hbl_edge.genotype import NAMED_GENOTYPES, Genotype
+from hbl_edge.genotype import NAMED_GENOTYPES, Genotype, load_genotype
 from hbl_edge.network import Network, count_parameters
 from hbl_edge.runio import write_json
 from hbl_edge.runtime.benchmark import machine_line, render_table, run_benchmark
@@ -63,12 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--searched", type=Path, default=None,
+                    help="a searched genotype.json to measure instead of the hand-picked small one")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "backends.json")
     args = ap.parse_args(argv)
+    genotypes = dict(GENOTYPES)
+    if args.searched is not None:
+        searched = load_genotype(args.searched)
+        del genotypes["small (8/16, 3 HNUs)"]
+        c1, c2 = searched.channels
+        genotypes[f"searched ({c1}/{c2}, {searched.units} HNUs, {args.searched})"] = searched
     console = Console()
     results, t0 = [], time.time()
     with tempfile.TemporaryDirectory(prefix="hbl-bench-") as tmp:
-        for label, genotype in GENOTYPES.items():
+        for label, genotype in genotypes.items():
             bundle = make_bundle(genotype, Path(tmp) / label.split()[0])
             params = count_parameters(Network(genotype))
             for w, h in RESOLUTIONS:
