@@ -16,7 +16,6 @@ alike: compare the ratios. Prints rich tables and a Markdown table for docs/depl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
