@@ -272,6 +272,7 @@ def test_tiny_profile_and_measure(tmp_path, backend):
     table = profile("cpu", backend, TINY["resolution"], channels=TINY["channels"], units=TINY["units"],
                     out=out, repeats=3, warmup=1, threads=1)
     back = LatencyTable.load(out)
+    assert back.to_dict() == table.to_dict()  # what profile returns is what it wrote
     assert back.estimate is False and back.backend["name"] == backend and back.device["cpu"]
     assert back.resolution == (18, 14) and back.dtype == "float32" and back.date
     sp = get_space("paper")
