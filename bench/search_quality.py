@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for search/training/eval")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. concurrent load)")
+    ap.add_argument("--ablation", action="store_true",
+                    help="also train conv3x3 with the first objective's λ* and that searched architecture with "
+                         "plain L1 (same budget), to separate the loss's share from the architecture's")
     ap.add_argument("--remeasure", action="store_true",
                     help="only re-time the networks of an existing --out JSON (and the task's classical "
                          "baselines, as a machine check), e.g. once the machine is quieter")
@@ -241,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     genotypes["conv3x3+l1"] = base
     models = {f"searched_{o}": (work / f"search_{o}" / "genotype.json", losses[o]) for o in objectives}
     models["conv3x3+l1"] = (work / "conv3x3_genotype.json", "l1=1")
+    gen_of = {**{f"searched_{o}": genotypes[o] for o in objectives}, "conv3x3+l1": base}
+    if args.ablation:  # separate the loss from the architecture: swap them between the two nets
+        o = objectives[0]
+        models[f"conv3x3+lambda_{o}"] = (work / "conv3x3_genotype.json", losses[o])
+        models[f"arch_{o}+l1"] = (work / f"search_{o}" / "genotype.json", "l1=1")
+        gen_of[f"conv3x3+lambda_{o}"] = base
+        gen_of[f"arch_{o}+l1"] = genotypes[o]
     bundles: dict[str, Path] = {}
     for name, (gpath, loss) in models.items():
         tdir = work / f"train_{name}"
@@ -264,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         rep = evaluate(model_method(tdir, threads=args.threads), args.test_data, args.task)
         keep = result["methods"].get(name, {})
         result["methods"][name] = {**keep, **_summarise_eval(rep), "kind": "model",
-                                   "genotype_summary": genotypes[name.replace("searched_", "")].summary()}
+                                   "genotype_summary": gen_of[name].summary()}
         if name == "conv3x3+l1" or "degraded_input" not in result["methods"]:
             s = _summarise_eval(rep)
             result["methods"]["degraded_input"] = {
@@ -288,14 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         if res_s in result["latency_ms"]:
             continue
         t0 = time.time()
-        samples = measure_networks([genotypes[n.replace("searched_", "")] for n in names], "onnxruntime",
+        samples = measure_networks([gen_of[n] for n in names], "onnxruntime",
                                    _res(res_s), repeats=args.lat_repeats, warmup=3, threads=args.lat_threads,
                                    samples=True)
         result["latency_ms"][res_s] = {n: {"median": statistics.median(s), "min": min(s), "n": len(s)}
                                        for n, s in zip(names, samples)}
         phase(f"latency_{res_s}", t0)
     for n in names:
-        result["methods"][n]["latency_ms"] = {r: v[n]["median"] for r, v in result["latency_ms"].items()}
+        result["methods"][n]["latency_ms"] = {r: v[n]["median"] for r, v in result["latency_ms"].items() if n in v}
     save()
 
     # ---------------------------------------------------------------- table
@@ -304,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     head = ["method", "params", "mean PSNR/SSIM", *[f"{s} ({result['methods']['degraded_input']['subsets'][s]['n']})"
                                                     for s in subsets if len(subsets) > 1], *[f"ms {r}" for r in lat_cols]]
     print("\n" + " | ".join(head))
-    order = [*[f"searched_{o}" for o in objectives], "conv3x3+l1", "degraded_input",
+    order = [*[f"searched_{o}" for o in objectives], "conv3x3+l1", *[n for n in models if n not in gen_of or
+                                                                     n.startswith(("conv3x3+lambda", "arch_"))],
+             "degraded_input",
              *[k for k, m in result["methods"].items() if m.get("kind") == "classical"]]
     for n in order:
         m = result["methods"].get(n)
@@ -314,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [n, str(params), f"{m['mean']['psnr']:.2f} / {m['mean']['ssim']:.3f}"]
         if len(subsets) > 1:
             cells += [f"{m['subsets'][s]['psnr']:.2f} / {m['subsets'][s]['ssim']:.3f}" for s in subsets]
-        cells += [f"{m['latency_ms'][r]:.1f}" if "latency_ms" in m else "–" for r in lat_cols]
+        cells += [f"{m['latency_ms'][r]:.1f}" if r in m.get("latency_ms", {}) else "–" for r in lat_cols]
         print(" | ".join(cells))
     for o in objectives:
         s = result["search"][o]
