@@ -347,6 +347,7 @@ def bench(
 def search(
     task: str = typer.Option("lowlight", help="lowlight | dehaze | underwater"),
     data: str = typer.Option("embedded", help="'embedded' or a dataset folder"),
+    test_data: Optional[str] = typer.Option(None, help="paired folder to test the final model on (default: --data's own test/ split)"),
     device: str = typer.Option("cpu", help="cpu | cuda | jetson | jetson-orin-nano | jetson-orin-nx | jetson-agx-orin | jetson-xavier-nx"),
     backend: str = typer.Option("onnxruntime", help="backend the target runs (for measured latency): onnxruntime | torch | tensorrt"),
     latency_budget: Optional[float] = typer.Option(None, help="latency budget in ms at --resolution (omit: no latency term)"),
@@ -354,7 +355,7 @@ def search(
     latency_form: str = typer.Option("multiplicative", help="multiplicative L·(LAT/T)^β | additive L + μ·LAT/T"),
     resolution: str = typer.Option("1280x720", help="WxH the budget refers to"),
     space: str = typer.Option("paper", help="search space: paper | edge"),
-    objective: str = typer.Option("fidelity", help="stage-L upper objective: fidelity | critic"),
+    objective: str = typer.Option("critic", help="stage-L upper objective: critic | fidelity"),
     critic: Optional[Path] = typer.Option(None, help="a quality critic (safetensors) instead of training one"),
     order: str = typer.Option("second", help="hypergradient: second | first | exact"),
     stages: str = typer.Option("L,A,T", help="stages to run, e.g. L,A or T"),
@@ -374,7 +375,7 @@ def search(
     from .search.config import SearchConfig, quick_overrides
 
     cfg = SearchConfig(
-        task=task, data=data, out=str(out), stages=stages, space=space, device=device, backend=backend,
+        task=task, data=data, test_data=test_data, out=str(out), stages=stages, space=space, device=device, backend=backend,
         latency_table=str(latency_table) if latency_table else None, latency_budget=latency_budget,
         resolution=parse_resolution(resolution, minimum=4), latency_form=latency_form, order=order,
         objective=objective, critic=str(critic) if critic else None, steps_l=steps_l, steps_a=steps_a,

@@ -366,6 +366,18 @@ def open_dataset(spec: str | os.PathLike[str], task: str | Task, split: str, *,
                                  skipped=folder.skipped, strict=strict)
 
 
+def has_test_split(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` holds a test split of its own (embedded data, or a test/ or paired/ folder).
+
+    A folder that is itself one paired layout has none: its "test" split would be the very
+    images a model trained on it has seen.
+    """
+    if str(spec) == "embedded":
+        return True
+    root = Path(spec)
+    return root.is_dir() and any(n in _subfolders(root) for n in _SPLIT_FOLDERS["test"])
+
+
 def carve_val(names: Sequence[str], seed: int, val_fraction: float) -> set[str]:
     """The validation names: a seeded permutation of the sorted names, first k of them.
 

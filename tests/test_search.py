@@ -109,3 +109,41 @@ def test_user_errors(tmp_path):
         run_search(tiny(tmp_path, name="done", stages="L", seed=3), resume=True)
     with pytest.raises(ConfigError, match="latency-table"):
         run_search(tiny(tmp_path, name="jet", device="jetson", stages="A,T"))
+
+
+def test_unreachable_budget_is_reported(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="hbl_edge.search.driver"):
+        run_search(tiny(tmp_path, stages="L,A", latency_budget=1e-6))
+    text = caplog.text
+    assert "below the fastest network this space allows" in text
+    assert "over the 0.0 ms budget" in text
+
+
+def _paired_folder(root, n=6, size=(40, 36)):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for sub in ("low", "high"):
+        (root / sub).mkdir(parents=True)
+    for i in range(n):
+        clean = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+        Image.fromarray(clean).save(root / "high" / f"{i}.png")
+        Image.fromarray(clean // 6).save(root / "low" / f"{i}.png")
+    return root
+
+
+def test_stage_t_never_tests_on_training_images(tmp_path, caplog):
+    import logging
+
+    data = _paired_folder(tmp_path / "train_only")
+    with caplog.at_level(logging.WARNING, logger="hbl_edge.search.driver"):
+        res = run_search(tiny(tmp_path, data=str(data), latency_budget=None, objective="fidelity"))
+    assert res.report["T"]["test"] is None and not (tmp_path / "run" / "eval.json").exists()
+    assert "no held-out test split" in caplog.text
+    test = _paired_folder(tmp_path / "held_out")
+    res = run_search(tiny(tmp_path, name="run2", data=str(data), test_data=str(test), latency_budget=None,
+                          objective="fidelity"))
+    assert json.loads((tmp_path / "run2" / "eval.json").read_text())["data"] == str(test)

@@ -22,6 +22,7 @@ class SearchConfig:
 
     task: str = "lowlight"
     data: str = "embedded"
+    test_data: str | None = None  # where stage T's model is tested; None = data's own test split, if any
     out: str = "runs/search"
     stages: str = "L,A,T"
     # search space and supernet shape
@@ -39,7 +40,7 @@ class SearchConfig:
     latency_beta: float = 0.2  # multiplicative: L·(LAT/T)^β
     # bilevel optimisation (DESIGN §5)
     order: str = "second"
-    objective: str = "fidelity"  # stage L upper objective: fidelity | critic (see docs/search.md)
+    objective: str = "critic"  # stage L upper objective: critic | fidelity (docs/benchmarks.md)
     critic: str | None = None  # a user critic (safetensors); None = train one at the start of stage L
     critic_steps: int = 200
     terms: tuple[str, ...] = DEFAULT_TERMS

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..data import TrainSampler, open_dataset
+from ..data import TrainSampler, has_test_split, open_dataset
 from ..errors import ConfigError
 from ..genotype import load_genotype
 from ..losses import LossSpec, build_loss, parse_loss_spec
@@ -177,13 +177,14 @@ def _upper_objective_l(cfg: SearchConfig, out: Path):
         raise ConfigError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if cfg.objective != "critic":
         return OBJECTIVES[cfg.objective](), {}
-    from .critic import load_critic, save_critic, train_critic
+    from .critic import load_critic, read_critic_meta, save_critic, train_critic
 
     path = out / "search" / "critic.safetensors"
     if cfg.critic:
         critic, info = load_critic(cfg.critic, cfg.task), {"critic": str(cfg.critic), "trained": False}
-    elif path.exists():
-        critic, info = load_critic(path, cfg.task), {"critic": str(path), "trained": True}
+    elif path.exists():  # trained by this run before it was interrupted
+        critic = load_critic(path, cfg.task)
+        info = {"critic": str(path), "trained": True, "report": read_critic_meta(path).get("report")}
     else:
         log.info("stage L: training the quality critic (%d steps)", cfg.critic_steps)
         critic, report = train_critic(cfg.task, cfg.data, steps=cfg.critic_steps, seed=cfg.seed)
@@ -249,14 +250,34 @@ def _latency_model(cfg: SearchConfig, out: Path):
         from .profiler import profile
 
         log.info("stage A: profiling op latencies on this machine (%s, %s, %dx%d)", cfg.device, cfg.backend, *cfg.resolution)
+        # Medians of ≥ 10 runs: fewer let one busy moment of a shared CPU decide an op's cost.
         table = profile(cfg.device, cfg.backend, cfg.resolution, cfg.space, cfg.channels, out=cached,
-                        units=cfg.units, repeats=5 if cfg.quick else 20)
+                        units=cfg.units, repeats=10 if cfg.quick else 20, threads=cfg.threads)
         model = LatencyModel(table)
     else:
         model = load_latency_model(cfg.device, cfg.resolution, cfg.space, cfg.channels)
         model.table.save(cached)
     log.info("stage A latency model: %s", model.label)
+    floor = _fastest_possible_ms(model, cfg)
+    if floor > cfg.latency_budget:
+        log.warning("the latency budget %.1f ms is below the fastest network this space allows (%.1f ms, %s); "
+                    "the search will trade quality for speed but cannot meet it: raise --latency-budget, "
+                    "lower --resolution, or use --space edge", cfg.latency_budget, floor, model.label)
     return model
+
+
+def _fastest_possible_ms(model, cfg: SearchConfig) -> float:
+    """LAT of the genotype with the cheapest op on every edge (one-hot α at each row's minimum)."""
+    with torch.no_grad():
+        alpha = {
+            name: torch.where(torch.isfinite(t) & mask, -t, torch.tensor(-1e9, dtype=t.dtype)).expand(shape) * 1e4
+            for name, t, mask, shape in (
+                ("alpha_encoder", model.t_encoder, model.m_encoder, model.t_encoder.shape),
+                ("alpha_decoder", model.t_decoder, model.m_decoder, model.t_decoder.shape),
+                ("alpha_hnu", model.t_hnu, model.m_hnu, (cfg.units, *model.t_hnu.shape)),
+            )
+        }
+        return float(model.expected(alpha))
 
 
 def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> dict[str, Any]:
@@ -306,6 +327,11 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> d
     result: dict[str, Any] = {"genotype": genotype.summary(), "derivation": report.to_dict()}
     if lat_model is not None:
         result["latency"] = _latency_report(cfg, lat_model, genotype)
+        if result["latency"]["predicted_ms"] > cfg.latency_budget:
+            log.warning("the derived network is predicted at %.1f ms, over the %.1f ms budget; for a harder "
+                        "constraint raise --latency-beta (multiplicative) or use --latency-form additive with a "
+                        "larger μ, or search the cheaper --space edge",
+                        result["latency"]["predicted_ms"], cfg.latency_budget)
     write_json(out / "search" / "report.json", result)
     from .plots import plot_alpha, plot_latency_vs_loss
 
@@ -352,9 +378,14 @@ def _stage_t(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> d
     res = session.run(lambda step, rec: progress("T", step, cfg.steps_t, rec) if progress else None)
     if res.interrupted:
         raise Interrupted
-    report = evaluate(model_method(run), cfg.data, cfg.task)
+    test_data = cfg.test_data or (cfg.data if has_test_split(cfg.data) else None)
+    if test_data is None:
+        log.warning("stage T: %s has no held-out test split (test/ or paired/); no eval.json written. "
+                    "Pass --test-data PATH to test the model", cfg.data)
+        return {"val": res.metrics, "test": None}
+    report = evaluate(model_method(run), test_data, cfg.task)
     write_json(out / "eval.json", report)
-    return {"val": res.metrics, "test": report["mean"]}
+    return {"val": res.metrics, "test": report["mean"], "test_data": test_data}
 
 
 def search_summary(out: Path) -> dict[str, Any]:
