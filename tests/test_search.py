@@ -147,3 +147,13 @@ def test_stage_t_never_tests_on_training_images(tmp_path, caplog):
     res = run_search(tiny(tmp_path, name="run2", data=str(data), test_data=str(test), latency_budget=None,
                           objective="fidelity"))
     assert json.loads((tmp_path / "run2" / "eval.json").read_text())["data"] == str(test)
+
+
+def test_local_cpu_search_profiles_calibrates_and_measures(tmp_path):
+    run_search(tiny(tmp_path, stages="L,A", device="cpu", backend="onnxruntime", resolution=(32, 24),
+                    objective="fidelity"))
+    out = tmp_path / "run"
+    table = json.loads((out / "latency.json").read_text())
+    assert table["estimate"] is False and table["calibration"] is not None
+    lat = json.loads((out / "search/report.json").read_text())["latency"]
+    assert lat["measured_ms"] > 0 and "error_pct" in lat and lat["estimate"] is False

@@ -251,8 +251,12 @@ def _latency_model(cfg: SearchConfig, out: Path):
 
         log.info("stage A: profiling op latencies on this machine (%s, %s, %dx%d)", cfg.device, cfg.backend, *cfg.resolution)
         # Medians of ≥ 10 runs: fewer let one busy moment of a shared CPU decide an op's cost.
+        # Per-op sums miss what a whole graph shares (call overhead, threading, caches); a linear
+        # calibration on a few random whole networks (never the derived one) corrects that
+        # (docs/latency.md: share within ±10 % from 0-13 % to 90-100 %).
         table = profile(cfg.device, cfg.backend, cfg.resolution, cfg.space, cfg.channels, out=cached,
-                        units=cfg.units, repeats=10 if cfg.quick else 20, threads=cfg.threads)
+                        units=cfg.units, repeats=10 if cfg.quick else 20, threads=cfg.threads,
+                        calibrate=5 if cfg.quick else 15)
         model = LatencyModel(table)
     else:
         model = load_latency_model(cfg.device, cfg.resolution, cfg.space, cfg.channels)
