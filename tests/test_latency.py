@@ -157,8 +157,11 @@ def test_calibration_applied_and_shape_errors():
     bad["alpha_encoder"] = torch.zeros(9, 3)
     with pytest.raises(ValueError, match="alpha_encoder has shape"):
         model.expected(bad)
-    fit = fit_calibration([1.0, 2.0, 3.0, 4.0], [3.0, 5.0, 7.0, 9.0])
+    xs = [float(i) for i in range(1, 11)]
+    fit = fit_calibration(xs, [2 * x + 1 for x in xs])
     assert fit["kind"] == "linear" and fit["scale"] == pytest.approx(2.0) and fit["offset_ms"] == pytest.approx(1.0)
+    fit = fit_calibration([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0])  # too few points for a line
+    assert fit["kind"] == "ratio" and fit["scale"] == pytest.approx(2.0) and fit["offset_ms"] == 0.0
     assert fit_calibration([1.0], [3.0]) == pytest.approx({"scale": 1.0, "offset_ms": 2.0, "kind": "offset", "n": 1, "rmse_ms": 0.0})
 
 
