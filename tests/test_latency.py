@@ -14,7 +14,7 @@ from hbl_edge.ops import get_space
 from hbl_edge.runtime.runners import BackendError
 from hbl_edge.search import devices
 from hbl_edge.search.latency import (
-    ESTIMATE_LABEL, FORMAT, LatencyModel, LatencyTable, LatencyTableError, additive, check_table, edge_positions,
+    ESTIMATE_LABEL, FORMAT, LatencyModel, LatencyTable, LatencyTableError, additive, hinge, check_table, edge_positions,
     load_latency_model, multiplicative, random_genotype,
 )
 from hbl_edge.search.profiler import (
@@ -184,6 +184,20 @@ def test_objectives_hand_computed():
     assert float(lat.grad) == pytest.approx(0.5 * 0.5 * (2.0 ** -0.5) / 20.0)
     with pytest.raises(ConfigError, match="budget must be a positive number"):
         additive(loss, lat, budget_ms=0, mu=1.0)
+
+
+def test_hinge_enforces_the_budget_only_above_it():
+    loss = torch.tensor(0.5)
+    over = torch.tensor(40.0, requires_grad=True)
+    h = hinge(loss, over, budget_ms=20.0, beta=2.0)
+    assert h.item() == pytest.approx(0.5 * 4.0)
+    h.backward()
+    assert float(over.grad) == pytest.approx(0.5 * 2.0 * 2.0 / 20.0)
+    under = torch.tensor(10.0, requires_grad=True)
+    h = hinge(loss, under, budget_ms=20.0, beta=2.0)
+    assert h.item() == pytest.approx(0.5)
+    h.backward()
+    assert float(under.grad) == 0.0  # under the budget only quality counts
 
 
 # -- devices and estimates --------------------------------------------------------------------

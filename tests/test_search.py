@@ -157,3 +157,10 @@ def test_local_cpu_search_profiles_calibrates_and_measures(tmp_path):
     assert table["estimate"] is False and table["calibration"] is not None
     lat = json.loads((out / "search/report.json").read_text())["latency"]
     assert lat["measured_ms"] > 0 and "error_pct" in lat and lat["estimate"] is False
+
+
+def test_hinge_latency_form_runs(tmp_path):
+    res = run_search(tiny(tmp_path, stages="L,A", latency_form="hinge", latency_beta=2.0, objective="fidelity"))
+    assert res.completed == ["L", "A"]
+    records = [json.loads(x) for x in (tmp_path / "run/search/log.jsonl").read_text().splitlines()]
+    assert all("expected_latency_ms" in r for r in records if r["stage"] == "A")

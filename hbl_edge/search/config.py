@@ -11,7 +11,7 @@ from ..tasks import get_task
 from .hypergrad import ORDERS
 
 STAGES = ("L", "A", "T")
-LATENCY_FORMS = ("additive", "multiplicative")
+LATENCY_FORMS = ("additive", "multiplicative", "hinge")
 #: Loss terms stage L searches over when none are given (vgg/lpips join when weights are passed).
 DEFAULT_TERMS = ("l1", "l2", "color", "ssim", "tv", "laplacian")
 
@@ -37,7 +37,7 @@ class SearchConfig:
     resolution: tuple[int, int] = (1280, 720)
     latency_form: str = "multiplicative"
     latency_mu: float = 0.1  # additive: L + μ·LAT/T
-    latency_beta: float = 0.2  # multiplicative: L·(LAT/T)^β
+    latency_beta: float = 0.2  # multiplicative: L·(LAT/T)^β; hinge: L·max(1, LAT/T)^β
     # bilevel optimisation (DESIGN §5)
     order: str = "second"
     objective: str = "critic"  # stage L upper objective: critic | fidelity (docs/benchmarks.md)

@@ -285,7 +285,8 @@ def _fastest_possible_ms(model, cfg: SearchConfig) -> float:
 
 
 def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> dict[str, Any]:
-    from .latency import additive, multiplicative
+    from .latency import OBJECTIVES as LATENCY_OBJECTIVES
+    from .latency import additive
 
     if not (out / "loss.json").exists():
         raise ConfigError(f"stage A needs {out / 'loss.json'}: run stage L first, or write one (e.g. {{\"format\": \"hbl-loss/1\", \"terms\": {{\"l1\": 1}}}})")
@@ -307,7 +308,7 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> d
         lat = lat_model.expected(net).to(loss.dtype)
         if cfg.latency_form == "additive":
             return additive(loss, lat, budget, cfg.latency_mu)
-        return multiplicative(loss, lat, budget, cfg.latency_beta)
+        return LATENCY_OBJECTIVES[cfg.latency_form](loss, lat, budget, cfg.latency_beta)
 
     def step_fn(step: int) -> dict[str, Any]:
         rec = bilevel_step(
@@ -333,8 +334,8 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> d
         result["latency"] = _latency_report(cfg, lat_model, genotype)
         if result["latency"]["predicted_ms"] > cfg.latency_budget:
             log.warning("the derived network is predicted at %.1f ms, over the %.1f ms budget; for a harder "
-                        "constraint raise --latency-beta (multiplicative) or use --latency-form additive with a "
-                        "larger μ, or search the cheaper --space edge",
+                        "constraint use --latency-form hinge (the budget as a constraint) or raise --latency-beta, "
+                        "or search the cheaper --space edge",
                         result["latency"]["predicted_ms"], cfg.latency_budget)
     write_json(out / "search" / "report.json", result)
     from .plots import plot_alpha, plot_latency_vs_loss

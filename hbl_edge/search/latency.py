@@ -478,7 +478,17 @@ def multiplicative(loss: torch.Tensor, lat: torch.Tensor, budget_ms: float, beta
     return loss * (lat / _budget(budget_ms)) ** beta
 
 
-OBJECTIVES = {"additive": additive, "multiplicative": multiplicative}
+def hinge(loss: torch.Tensor, lat: torch.Tensor, budget_ms: float, beta: float) -> torch.Tensor:
+    """L · max(1, LAT / T)^β: the budget as a constraint (MnasNet's "hard" form).
+
+    Under the budget the latency term is exactly 1 and the search optimises quality alone; over
+    it, the objective grows like the multiplicative form. Use a larger β (e.g. 1–2) than for the
+    multiplicative form, which scales the objective everywhere and so never enforces T.
+    """
+    return loss * torch.clamp(lat / _budget(budget_ms), min=1.0) ** beta
+
+
+OBJECTIVES = {"additive": additive, "multiplicative": multiplicative, "hinge": hinge}
 
 
 # ---------------------------------------------------------------------------------------------
