@@ -29,6 +29,8 @@ from .tasks import get_task
 log = logging.getLogger(__name__)
 
 EnhanceFn = Callable[[np.ndarray], np.ndarray]
+#: No-reference metrics for unpaired data of a task that names none of its own (low light, haze
+#: have no dedicated one implemented yet): UIQM/UCIQE measure colourfulness, sharpness, contrast.
 NOREF = ("uiqm", "uciqe")
 
 
@@ -160,7 +162,7 @@ def evaluate(
     limit: int | None = None,
 ) -> dict[str, Any]:
     """Score ``method`` on ``data`` ("embedded" or a folder). Writes ``eval.json`` into ``out``."""
-    get_task(task)
+    task_spec = get_task(task)
     kind, samples = _samples(data, task)
     if limit:
         samples = samples[:limit]
@@ -179,7 +181,7 @@ def evaluate(
             row.update(score_pair(res, tgt))
             row.update({f"input_{k}": v for k, v in score_pair(inp, tgt).items()})
         else:
-            for m in NOREF:
+            for m in task_spec.noref_metrics or NOREF:
                 fn = METRICS[m][0]
                 row[m] = float(fn(res))
                 row[f"input_{m}"] = float(fn(inp))

@@ -43,7 +43,9 @@ class Task:
         model: the Hadamard observation model, in words.
         degrade: clean H×W×3 float32 [0, 1] + rng -> degraded, same shape, [0, 1].
         default_loss: loss-term weights λ_k used when the user does not search them.
-        noref_metrics: no-reference quality metrics that make sense for the task.
+        noref_metrics: no-reference quality metrics designed for the task; unpaired evaluation of a
+            task without any falls back to UIQM/UCIQE as generic colourfulness, sharpness and
+            contrast indicators (see ``hbl_edge.evaluate``).
         baselines: classical (training-free) baselines evaluated alongside the network.
         layouts: (input_dir, target_dir) folder names typical for the task, first choice first.
     """
