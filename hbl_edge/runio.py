@@ -115,6 +115,18 @@ def versions() -> dict[str, str]:
     return out
 
 
+def check_same_config(path: str | Path, config: dict[str, Any]) -> None:
+    """Refuse to resume a run whose saved ``config.json`` differs from ``config`` (one line, names the keys)."""
+    from .errors import ConfigError
+
+    saved = json.loads(Path(path).read_text())
+    saved.pop("versions", None)
+    current = json.loads(json.dumps(config, default=_json_default))  # tuples → lists, as saved
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if diff:
+        raise ConfigError(f"--resume with different settings than the saved run ({', '.join(diff)}); use the same options")
+
+
 def parse_resolution(spec: Any, minimum: int = 1) -> tuple[int, int]:
     """``"1280x720"`` (or ``(1280, 720)``) → (width, height), or a one-line ConfigError."""
     from .errors import ConfigError

@@ -28,7 +28,7 @@ from .genotype import load_genotype
 from .losses import build_loss, parse_loss_spec
 from .metrics import psnr, ssim
 from .network import Network, count_parameters
-from .runio import append_jsonl, atomic_path, read_jsonl, seed_everything, versions, write_json
+from .runio import append_jsonl, atomic_path, check_same_config, read_jsonl, seed_everything, versions, write_json
 from .tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -194,11 +194,8 @@ class TrainSession:
         cfg.validate()
         out = Path(cfg.out)
         _check_out_dir(out, resume)
-        if resume:
-            saved = _read_config(out)
-            if saved is not None and saved != asdict(cfg):
-                diff = sorted(k for k in saved if saved.get(k) != asdict(cfg).get(k))
-                raise ConfigError(f"--resume with different settings than the saved run ({', '.join(diff)}); use the same options")
+        if resume and (out / "config.json").exists():
+            check_same_config(out / "config.json", asdict(cfg))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
@@ -314,15 +311,6 @@ def train(
     it). ``provenance`` is merged into the bundle's provenance (the search passes its run).
     """
     return TrainSession(cfg, resume=resume, provenance=provenance).run(progress)
-
-
-def _read_config(out: Path) -> dict[str, Any] | None:
-    p = out / "config.json"
-    if not p.exists():
-        return None
-    data = json.loads(p.read_text())
-    data.pop("versions", None)
-    return data
 
 
 def plot_training(history: list[dict[str, Any]], path: Path) -> Path | None:

@@ -33,7 +33,7 @@ from ..data import TrainSampler, has_test_split, open_dataset
 from ..errors import ConfigError
 from ..genotype import load_genotype
 from ..losses import LossSpec, build_loss, parse_loss_spec
-from ..runio import append_jsonl, atomic_path, read_jsonl, seed_everything, versions, write_json
+from ..runio import append_jsonl, atomic_path, check_same_config, read_jsonl, seed_everything, versions, write_json
 from ..train import TrainConfig, TrainSession, _StopFlag
 from .config import SearchConfig
 from .stages import BilevelState, bilevel_step, make_optimizers, normalise_weights_
@@ -64,12 +64,7 @@ def _check_run_dir(cfg: SearchConfig, out: Path, resume: bool) -> None:
     if resume:
         if not saved.exists():
             raise ConfigError(f"--resume: {out} holds no search run (no config.json); start without --resume")
-        old = json.loads(saved.read_text())
-        old.pop("versions", None)
-        new = json.loads(json.dumps(asdict(cfg)))
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if diff:
-            raise ConfigError(f"--resume with different settings than the saved run ({', '.join(diff)}); use the same options")
+        check_same_config(saved, asdict(cfg))
         return
     done = [s for s in cfg.stage_list if (out / OUTPUTS[s]).exists()]
     if done:
