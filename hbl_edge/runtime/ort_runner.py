@@ -40,10 +40,12 @@ class OrtRunner:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BackendError("onnxruntime is not installed; `pip install onnxruntime` (or onnxruntime-gpu)") from None
+            raise BackendError("onnxruntime is not installed; `pip install onnxruntime` (or onnxruntime-gpu; on a "
+                               "Jetson the onnxruntime-gpu wheel for your JetPack)") from None
         path = Path(onnx_path)
         if not path.is_file():
-            raise BackendError(f"ONNX model {str(path)!r} does not exist; run `hbl-edge export` first")
+            raise BackendError(f"ONNX model {str(path)!r} does not exist; pass an export/ folder holding model.onnx "
+                               "(written by `hbl-edge export BUNDLE` where the bundle is)")
         available = ort.get_available_providers()
         if providers is None:
             chosen = [p for p in PREFERRED_PROVIDERS if p in available]
