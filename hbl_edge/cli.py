@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -52,13 +53,14 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except HblError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # escape: a message naming `pip install 'hbl-edge[train]'` must not lose "[train]" as markup
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _progress() -> Progress:
+def _progress(transient: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -67,6 +69,7 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
+        transient=transient,
     )
 
 
@@ -132,35 +135,55 @@ def _train_with_progress(cfg, resume: bool = False, description: str = "train"):
         return session.run(on_step)
 
 
+MODEL_HELP = "model: a bundle (run directory), its export/ folder, or a copy of that folder"
+BACKEND_HELP = ("auto | trt | trt-rtx | ort | torch. auto: the first that can run the model here, in that order "
+                "(trt/trt-rtx build an engine from the ONNX on this machine, cached; torch needs the bundle)")
+
+
+def _torch_present() -> bool:
+    from .runtime.runners import unavailable_reason
+
+    return unavailable_reason("torch") is None
+
+
+def _deploy_model(model: Path, backend: str) -> Path:
+    """On a machine with torch, a bundle's export/ is brought up to date before a deploy command runs it."""
+    if backend not in ("torch", "torch-compile"):
+        from .export.pipeline import ensure_export
+
+        ensure_export(model)
+    return model
+
+
 @app.command()
 @user_errors
 def enhance(
     inputs: List[Path] = typer.Argument(..., help="image files and/or folders"),
-    model: Path = typer.Option(..., "--model", "-m", help="model bundle (run directory)"),
+    model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     out: Path = typer.Option(Path("enhanced"), help="output folder"),
-    tile: Optional[int] = typer.Option(None, help="tile side for large images (default: automatic above 4 MP)"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (torch or onnxruntime)"),
+    tile: Optional[int] = typer.Option(
+        None, help="tile side for large images (default: automatic above 4 MP or beyond an engine's profiles)"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (onnxruntime or torch)"),
     overwrite: bool = typer.Option(False, help="replace existing outputs"),
-    backend: str = typer.Option(
-        "auto", help="auto | trt | trt-rtx | ort | torch. auto: the first that runs here, in that order "
-        "(ort uses BUNDLE/export/model.onnx, exported when missing; trt/trt-rtx build a cached engine beside it)",
-    ),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16: model.fp16.onnx (ort) or an FP16 engine (trt, trt-rtx)"),
 ) -> None:
-    """Enhance images with a trained model bundle."""
+    """Enhance images with a trained model (a bundle or an export/ folder; no torch needed for the latter)."""
     from .enhance import enhance_paths
-    from .evaluate import model_method
+    from .runtime.model import load_model
 
     if tile is not None and tile < 32:
         raise ConfigError(f"--tile must be at least 32 pixels, got {tile}")
     files = _collect_images(inputs)
-    method = model_method(model, tile=tile, threads=threads, backend=backend)
-    with _progress() as prog:
-        bar = prog.add_task(f"enhance ({method.info['backend']})", total=len(files), status="")
-        report = enhance_paths(
-            files, method, out, overwrite=overwrite,
-            progress=lambda i, name: prog.update(bar, completed=i, status=name),
-        )
-    console.print(f"[green]wrote[/] {report['written']} image(s) to {out}" + (
+    with load_model(_deploy_model(model, backend), backend, threads=threads, fp16=fp16) as loaded:
+        # transient: a run that ends in an error leaves only the error line behind
+        with _progress(transient=True) as prog:
+            bar = prog.add_task(f"enhance ({loaded.backend})", total=len(files), status="")
+            report = enhance_paths(
+                files, lambda img: loaded.enhance(img, tile=tile), out, overwrite=overwrite,
+                progress=lambda i, name: prog.update(bar, completed=i, status=name),
+            )
+    console.print(f"[green]wrote[/] {report['written']} image(s) to {out} with {loaded.backend}" + (
         f"; skipped {len(report['failed'])} unreadable: {', '.join(report['failed'][:5])}" if report["failed"] else ""
     ) + (f"; kept {report['existing']} existing (pass --overwrite)" if report["existing"] else ""))
 
@@ -185,7 +208,7 @@ def _collect_images(inputs: List[Path]) -> List[Path]:
 @app.command("eval")
 @user_errors
 def eval_cmd(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="model bundle (run directory)"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     baseline: Optional[str] = typer.Option(None, help="classical baseline name instead of a model"),
     data: str = typer.Option("embedded", help="'embedded' (test split) or a folder, paired or unpaired"),
     task: Optional[str] = typer.Option(None, help="task (default: the bundle's, or the baseline's)"),
@@ -193,14 +216,22 @@ def eval_cmd(
     save_images: bool = typer.Option(False, help="also write the enhanced images"),
     tile: Optional[int] = typer.Option(None),
     threads: Optional[int] = typer.Option(None),
+    backend: str = typer.Option("torch", help="torch | ort | trt | trt-rtx | auto (torch: the bundle's weights as trained)"),
 ) -> None:
     """Score a model or a classical baseline: PSNR/SSIM on pairs, UIQM/UCIQE without references."""
     from .evaluate import baseline_method, evaluate, model_method
 
     if (model is None) == (baseline is None):
         raise ConfigError("give exactly one of --model BUNDLE or --baseline NAME")
-    method = model_method(model, tile=tile, threads=threads) if model else baseline_method(baseline)
-    report = evaluate(method, data, task or method.info["task"], out=out, save_images=save_images)
+    method = model_method(model, tile=tile, threads=threads, backend=backend) if model else baseline_method(baseline)
+    try:
+        task_name = task or method.info["task"]
+        if task_name is None:
+            raise ConfigError(f"{model}: the export records no task; pass --task lowlight|dehaze|underwater")
+        report = evaluate(method, data, task_name, out=out, save_images=save_images)
+    finally:
+        if method.close is not None:
+            method.close()
     print_report(report)
     console.print(f"report: {out / 'eval.json'}")
 
@@ -266,14 +297,18 @@ def _parity_table(rows: list) -> Table:
 @app.command()
 @user_errors
 def export(
-    bundle: Optional[Path] = typer.Argument(None, help="model bundle (run directory); default: the newest run under ./runs"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default: BUNDLE/export)"),
-    opset: int = typer.Option(17, help="ONNX opset, 13–20 (17: parsed by TensorRT 10.3 on JetPack 6 and newer)"),
-    tolerance: float = typer.Option(1e-4, help="max |ONNX Runtime − PyTorch| accepted (FP32)"),
-    fp16: bool = typer.Option(False, "--fp16", help="also write model.fp16.onnx (FP16 compute, float32 I/O)"),
-    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (Q/DQ, calibrated on the task's data)"),
-    calib_data: str = typer.Option("embedded", help="INT8 calibration/validation data: 'embedded' or a dataset folder"),
-    calib_samples: int = typer.Option(32, help="INT8 calibration crops"),
+    bundle: Optional[Path] = typer.Argument(
+        None, help="a model bundle (run directory; default: the newest run under ./runs), or an export/ folder "
+        "(or a copy of one) to build an engine from, with --engine: no torch needed"),
+    out: Optional[Path] = typer.Option(
+        None, help="output folder (default: BUNDLE/export; for an export folder: the folder itself, or the user "
+        "cache when it is read-only)"),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset, 13–20 (default 17: parsed by TensorRT 10.3 on JetPack 6 and newer)"),
+    tolerance: Optional[float] = typer.Option(None, help="max |ONNX Runtime − PyTorch| accepted (FP32; default 1e-4)"),
+    fp16: bool = typer.Option(False, "--fp16", help="also write model.fp16.onnx (FP16 compute, float32 I/O); an FP16 engine"),
+    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (Q/DQ, calibrated on the task's data); an INT8 engine"),
+    calib_data: Optional[str] = typer.Option(None, help="INT8 calibration/validation data: 'embedded' (default) or a dataset folder"),
+    calib_samples: Optional[int] = typer.Option(None, help="INT8 calibration crops (default 32)"),
     engine: Optional[str] = typer.Option(
         None, help="also build an engine: tensorrt | tensorrt-rtx (precision: int8 with --int8, else fp16 with --fp16, else fp32)"),
     shapes: Optional[List[str]] = typer.Option(
@@ -284,16 +319,58 @@ def export(
         None, "--compute-capability", help="TensorRT-RTX target, e.g. SM86; repeat for several"),
     force_rebuild: bool = typer.Option(False, help="rebuild the engine even when the cache holds a matching one"),
 ) -> None:
-    """Export a bundle to ONNX (+ FP16/INT8) with parity checks, and optionally build a TensorRT(-RTX) engine."""
+    """Export a bundle to ONNX (+ FP16/INT8) with parity checks, and optionally build a TensorRT(-RTX) engine;
+    or, given an export/ folder, build the engine only (on the device, no torch)."""
+    from .runtime.model import resolve_model_path
+
+    source = resolve_model_path(_bundle_or_newest(bundle))
+    export_options = {"--opset": opset, "--tolerance": tolerance, "--calib-data": calib_data,
+                      "--calib-samples": calib_samples}
+    if source.kind == "bundle" and _torch_present():
+        return _export_bundle(source.bundle_dir, out, opset=17 if opset is None else opset,
+                              tolerance=1e-4 if tolerance is None else tolerance, fp16=fp16, int8=int8,
+                              calib_data=calib_data or "embedded", calib_samples=32 if calib_samples is None else calib_samples,
+                              engine=engine, shapes=shapes, workspace_mb=workspace_mb, timing_cache=timing_cache,
+                              compute_capabilities=compute_capability, force_rebuild=force_rebuild)
+    # From here on: an export folder (or a bundle on a machine without torch): engines only.
+    if source.kind == "bundle" and (source.export_dir is None or engine is None):
+        raise ConfigError(
+            f"exporting {source.bundle_dir} to ONNX needs torch, which is not installed here; export it on the "
+            "training machine (`pip install 'hbl-edge[train]'`) and copy its export/ folder here, then build the "
+            "engine with `hbl-edge export EXPORT_DIR --engine tensorrt`"
+        )
+    if engine is None:
+        raise ConfigError(
+            f"{source.export_dir} is an export folder (already exported); add --engine tensorrt or --engine "
+            "tensorrt-rtx to build an engine from it" + (", or pass the bundle to export it again" if source.bundle_dir else "")
+        )
+    given = [k for k, v in export_options.items() if v is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to exporting a bundle to ONNX; {source.export_dir} is already "
+                          "exported (drop them, or pass the bundle on a machine with torch)")
+    if source.kind == "bundle":
+        err_console.print(f"torch is not installed here: building the engine from the existing {source.export_dir} "
+                          "(not exported again)", highlight=False, soft_wrap=True)
+    from .export.pipeline import build_engine_for_export
+
+    with console.status(f"building the {engine} engine"):
+        r = build_engine_for_export(source.export_dir, out, kind=engine, shapes=shapes, fp16=fp16, int8=int8,
+                                    workspace_mb=workspace_mb, timing_cache=timing_cache,
+                                    compute_capabilities=compute_capability, force=force_rebuild)
+    _print_engine(r)
+
+
+def _print_engine(r) -> None:
+    console.print(f"[green]{'built' if r.built else 'cached'}[/] {r.path.name} ({r.kind} {r.library_version}, "
+                  f"{r.precision}, {'; '.join(r.profiles)}, device {r.device}) in {r.path.parent}", highlight=False)
+
+
+def _export_bundle(bundle: Path, out: Optional[Path], *, opset: int, **options) -> None:
     from .export.pipeline import export_bundle
 
-    bundle = _bundle_or_newest(bundle)
+    engine, int8 = options.get("engine"), options.get("int8")
     with console.status("exporting ONNX, checking parity" + (", quantising, building the engine" if engine or int8 else "")):
-        s = export_bundle(
-            bundle, out, opset=opset, tolerance=tolerance, fp16=fp16, int8=int8, calib_data=calib_data,
-            calib_samples=calib_samples, engine=engine, shapes=shapes, workspace_mb=workspace_mb,
-            timing_cache=timing_cache, compute_capabilities=compute_capability, force_rebuild=force_rebuild,
-        )
+        s = export_bundle(bundle, out, opset=opset, **options)
     result, q = s.onnx, s.int8
     rows = []
     for label, rep in ((result.onnx_path.name, result.parity), (f"{result.onnx_path.stem}.fp16.onnx", result.fp16_parity)):
@@ -308,22 +385,20 @@ def export(
     console.print(f"[green]wrote[/] {', '.join(p.name for p in s.written)} and {result.meta_path.name} to {s.out_dir} "
                   f"(opset {opset})")
     if s.engine is not None:
-        r = s.engine
-        console.print(f"[green]{'built' if r.built else 'cached'}[/] {r.path.name} ({r.kind} {r.library_version}, "
-                      f"{r.precision}, {'; '.join(r.profiles)}, device {r.device})")
+        _print_engine(s.engine)
 
 
 @app.command()
 @user_errors
 def bench(
-    bundle: Optional[Path] = typer.Argument(None, help="model bundle (run directory); default: the newest run under ./runs"),
+    model: Optional[Path] = typer.Argument(None, help=MODEL_HELP + "; default: the newest run under ./runs"),
     backend: str = typer.Option("ort,torch", help="comma-separated: ort, torch, torch-compile, trt, trt-rtx"),
     resolution: str = typer.Option("1280x720", help="WIDTHxHEIGHT of the input"),
     batch: int = typer.Option(1, help="images per call"),
     warmup: int = typer.Option(3, help="untimed calls per backend first"),
     iters: int = typer.Option(20, help="timed rounds (each runs every backend once, order rotated)"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for ort and torch (default: each library's)"),
-    fp16: bool = typer.Option(False, "--fp16", help="trt/trt-rtx: FP16 engines"),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16: model.fp16.onnx (ort), FP16 engines (trt, trt-rtx)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
 ) -> None:
     """Latency of several backends side by side: p50/p90/p99 and images/s, with what it ran on."""
@@ -332,9 +407,11 @@ def bench(
 
     names = parse_backends(backend)
     res = parse_resolution(resolution)
-    bundle = _bundle_or_newest(bundle)
+    model = _bundle_or_newest(model)
+    if any(n not in ("torch", "torch-compile") for n in names):
+        _deploy_model(model, "ort")
     with console.status("benchmarking") as status:
-        report = run_benchmark(bundle, names, resolution=res, batch=batch, warmup=warmup, iters=iters,
+        report = run_benchmark(model, names, resolution=res, batch=batch, warmup=warmup, iters=iters,
                                threads=threads, fp16=fp16, progress=lambda m: status.update(m))
     console.print(render_table(report))
     if json_path is not None:
