@@ -28,7 +28,7 @@ from hbl_edge.bundle import save_bundle
 from hbl_edge.errors import BundleError, ConfigError
 from hbl_edge.export import export_onnx
 from hbl_edge.export.cache import file_sha256
-from hbl_edge.export.manifest import FORMAT, Manifest, read_manifest
+from hbl_edge.export.manifest import FORMAT, read_manifest
 from hbl_edge.genotype import Genotype
 from hbl_edge.imageio import load_image
 from hbl_edge.network import PAD_MULTIPLE, Network, count_parameters
@@ -37,9 +37,9 @@ from hbl_edge.runtime.model import AUTO_ORDER, LoadedModel, choose_backend, load
 from hbl_edge.runtime.ort_runner import OrtRunner
 from hbl_edge.runtime.runners import BackendError
 
-from torchless import run_torchless
+from torchless import run_torchless, tiny_export
 
-TINY = Genotype(encoder=["conv_3x3"] * 9, decoder=["conv_3x3"] * 9, hnu=[["conv_1x1"] * 8], channels=(4, 8), units=1)
+TINY = Genotype(encoder=["conv_3x3"] * 9, decoder=["conv_3x3"] * 9, hnu=[["conv_1x1"] * 8], channels=(4, 8), units=1)  # tiny_export's
 needs_rtx = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt_rtx") is None,
     reason="tensorrt_rtx is not installed (wheels exist for x86-64 Linux and Windows only; the dev extra installs it there)",
@@ -49,15 +49,7 @@ needs_rtx = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(bundle, bundle/export, a copy of export/ elsewhere: what a device receives)."""
-    root = tmp_path_factory.mktemp("deploy")
-    torch.manual_seed(7)
-    net = Network(TINY).eval()
-    bundle = save_bundle(root / "run", net, task="underwater", loss={"l1": 1.0})
-    images = [("r", np.random.default_rng(0).random((1, 3, 5, 7), dtype=np.float32))]
-    export_onnx(bundle, bundle / "export", fp16=True, images=images)
-    device = root / "device" / "hbl-model"
-    shutil.copytree(bundle / "export", device)
-    return bundle, bundle / "export", device
+    return tiny_export(tmp_path_factory.mktemp("deploy"), task="underwater", fp16=True, seed=7)
 
 
 @pytest.fixture

@@ -551,12 +551,14 @@ def _build(
         config.set_flag(trt.BuilderFlag.INT8)
     for p in profiles:
         profile = builder.create_optimization_profile()
+        dynamic = 0
         for i, (lo, opt, hi) in p.items():
             if i >= len(inputs):
                 raise ExportError(f"{onnx_file.name}: a profile names input {i}, the graph has {len(inputs)}")
             if any(int(d) < 0 for d in inputs[i].shape):  # static inputs take no profile
                 profile.set_shape(inputs[i].name, lo, opt, hi)
-        if config.add_optimization_profile(profile) < 0:
+                dynamic += 1
+        if dynamic and config.add_optimization_profile(profile) < 0:  # an all-static graph needs none
             raise ExportError(f"{kind} rejected the shape profile {dict(p)}")
     if compute_capabilities:
         config.num_compute_capabilities = len(compute_capabilities)
