@@ -1,0 +1,175 @@
+"""Test doubles for the pipeline: scripted sources, recording/slow/failing sinks, a gain processor.
+
+They follow the Source/Sink contract of ``hbl_edge.runtime.video.base`` exactly (open/read/close,
+start/write/close, counters, SourceLost for a live source's silence), so the pipeline's queues,
+reconnects and fault handling are tested without sockets or codecs; the real sources and sinks
+are exercised in tests/test_drone*.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from hbl_edge.runtime.video.base import Frame, SinkError, SourceLost, StreamError, VideoOptions, parse_uri
+
+
+def pattern(index: int, width: int = 32, height: int = 24) -> np.ndarray:
+    """A frame whose pixels encode its index (index % 200 + a small ramp), H×W×3 uint8."""
+    img = np.zeros((height, width, 3), np.uint8)
+    img[..., 0] = index % 200
+    img[..., 1] = np.arange(width, dtype=np.uint8)[None, :] % 50
+    img[..., 2] = 30
+    return img
+
+
+class FakeSource:
+    """A source of ``pattern`` frames.
+
+    Args:
+        n: frames before the end (None: endless); a live source paces them at ``fps``.
+        live: live (drops, reconnects) or file-like (None at the end).
+        outages: (start_s, end_s) windows after the first open during which a live source is
+            silent: ``read`` raises SourceLost after ``timeout_s``, and ``open`` raises SourceLost
+            too when ``refuse_open`` (an RTSP server that is gone).
+        sizes: optional function index → (width, height) (resolution changes).
+        corrupt_every: every k-th frame counts as corrupt (skipped, counted).
+    """
+
+    def __init__(self, n: int | None = 20, *, live: bool = False, fps: float = 100.0, outages: list[tuple[float, float]] = (),
+                 refuse_open: bool = False, sizes: Callable[[int], tuple[int, int]] | None = None, timeout_s: float = 0.3,
+                 corrupt_every: int | None = None, open_error: Exception | None = None) -> None:
+        self.uri = parse_uri("rtp://@:5600") if live else parse_uri("clip.mp4")
+        self.options = VideoOptions(timeout_s=timeout_s)
+        self.live = live
+        self.counters = {"frames": 0, "corrupt": 0}
+        self.n, self.fps, self.outages, self.refuse_open = n, fps, list(outages), refuse_open
+        self.sizes = sizes or (lambda i: (32, 24))
+        self.corrupt_every = corrupt_every
+        self.open_error = open_error
+        self.opens = 0
+        self.closes = 0
+        self.is_open = False
+        self.index = 0
+        self.t_first_open: float | None = None
+        self._next = 0.0
+
+    def _in_outage(self) -> tuple[float, float] | None:
+        if self.t_first_open is None:
+            return None
+        t = time.monotonic() - self.t_first_open
+        for a, b in self.outages:
+            if a <= t < b:
+                return a, b
+        return None
+
+    def open(self) -> None:
+        if self.open_error is not None:
+            raise self.open_error
+        if self.t_first_open is None:
+            self.t_first_open = time.monotonic()
+        self.opens += 1
+        if self.refuse_open and self._in_outage():
+            raise SourceLost("connection refused")
+        self.is_open = True
+        self._next = time.monotonic()
+
+    def read(self) -> Frame | None:
+        assert self.is_open, "read() on a closed source"
+        if self.n is not None and self.index >= self.n:
+            return None  # the end (a live source may end too, e.g. a stream its sender closed for good)
+        if self.live:
+            out = self._in_outage()
+            if out is not None:
+                time.sleep(min(self.options.timeout_s, max(0.0, out[1] - (time.monotonic() - self.t_first_open))))
+                if self._in_outage():
+                    raise SourceLost(f"no packets for {self.options.timeout_s} s")
+            delay = self._next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self._next = max(self._next + 1.0 / self.fps, time.monotonic() - 1.0 / self.fps)
+        while self.corrupt_every and self.index % self.corrupt_every == self.corrupt_every - 1:
+            self.counters["corrupt"] += 1
+            self.index += 1
+        w, h = self.sizes(self.index)
+        f = Frame(pattern(self.index, w, h), self.index)
+        self.index += 1
+        self.counters["frames"] += 1
+        return f
+
+    def close(self) -> None:
+        self.closes += 1
+        self.is_open = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "fake", "live": self.live}
+
+
+class FakeSink:
+    """Records what it is given. ``delay``: seconds per write; ``fail_at``: raise SinkError on that
+    write; ``start_error``: raise on start (port in use)."""
+
+    def __init__(self, name: str = "out.mp4", *, delay: float = 0.0, fail_at: int | None = None,
+                 start_error: Exception | None = None, keep_images: bool = False) -> None:
+        self.uri = parse_uri(name)
+        self.options = VideoOptions()
+        self.counters = {"frames": 0}
+        self.delay, self.fail_at, self.start_error = delay, fail_at, start_error
+        self.keep_images = keep_images
+        self.started = False
+        self.closed = 0
+        self.indices: list[int] = []
+        self.images: list[np.ndarray] = []
+        self.frames: list[Frame] = []
+        self.write_times: list[float] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self.start_error is not None:
+            raise self.start_error
+        self.started = True
+
+    def write(self, frame: Frame) -> None:
+        assert self.started and not self.closed
+        if self.fail_at is not None and len(self.indices) >= self.fail_at:
+            raise SinkError("No space left on device")
+        if self.delay:
+            time.sleep(self.delay)
+        with self._lock:
+            self.indices.append(frame.index)
+            self.write_times.append(time.monotonic())
+            if self.keep_images:
+                self.images.append(frame.image)
+        self.counters["frames"] += 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "fake"}
+
+
+class Gain:
+    """A processor (the Enhancer's interface) that doubles the pixels; ``delay`` per call."""
+
+    backend = "fake"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.resized = 0
+        self.calls: list[int] = []
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "fake", "model": "gain2", "task": "lowlight"}
+
+    def process(self, images, temporal=None):
+        self.calls.append(len(images))
+        if self.delay:
+            time.sleep(self.delay)
+        return [np.minimum(np.asarray(i, np.uint16) * 2, 255).astype(np.uint8) for i in images]
+
+
+__all__ = ["FakeSink", "FakeSource", "Gain", "StreamError", "pattern"]
