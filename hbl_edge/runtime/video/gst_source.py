@@ -22,6 +22,8 @@ from .base import Frame, SourceLost, StreamError, Uri, VideoOptions
 log = logging.getLogger(__name__)
 
 #: What every pipeline ends with: RGB frames into an appsink that never blocks the pipeline.
+#: Data keeps arriving but no picture decodes: give up after this long (a keyframe may be a GOP away).
+NO_PICTURE_S = 10.0
 APPSINK = ("videoconvert ! video/x-raw,format=RGB ! "
            "appsink name=sink sync=false max-buffers=4 drop=true emit-signals=false")
 
@@ -41,6 +43,10 @@ class GstSource:
     live = True
     what = "GStreamer source"
     elements: tuple[str, ...] = ("appsink", "videoconvert")
+    #: An element whose sink pad sees the incoming data (a depayloader): while data flows but no
+    #: picture decodes yet (a reconnect waiting for the sender's next keyframe), the source is
+    #: not lost until ``max(timeout_s, NO_PICTURE_S)``.
+    data_element: str | None = None
 
     def __init__(self, uri: Uri, options: VideoOptions):
         self.uri = uri
@@ -84,6 +90,10 @@ class GstSource:
         self._pipe = pipe
         self.configure(pipe)
         self._sink = pipe.get_by_name("sink")
+        self._last_data = 0.0
+        if self.data_element:
+            pad = pipe.get_by_name(self.data_element).get_static_pad("sink")
+            pad.add_probe(Gst.PadProbeType.BUFFER, self._on_data)
         self._bus = pipe.get_bus()
         self._cond.reset()
         if pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
@@ -99,13 +109,17 @@ class GstSource:
         if pending is not None:
             return pending
         Gst = self._gst
-        deadline = time.monotonic() + self.options.timeout_s
+        timeout = self.options.timeout_s
+        start = time.monotonic()
         while True:
             self._poll_bus()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SourceLost(f"{self.what}: no frames for {self.options.timeout_s:g} s")
-            sample = self._sink.emit("try-pull-sample", int(min(remaining, 0.1) * Gst.SECOND))
+            now = time.monotonic()
+            if now - max(start, self._last_data) >= timeout:
+                raise SourceLost(f"{self.what}: no {'data' if self.data_element else 'frames'} for {timeout:g} s")
+            if now - start >= max(timeout, NO_PICTURE_S):
+                raise SourceLost(f"{self.what}: data arrives but no picture decodes for "
+                                 f"{max(timeout, NO_PICTURE_S):g} s (wrong --input-codec?)")
+            sample = self._sink.emit("try-pull-sample", int(min(timeout, 0.1) * Gst.SECOND))
             if sample is None:
                 continue
             now = time.monotonic()
@@ -122,6 +136,11 @@ class GstSource:
         return {"uri": self.uri.text, "kind": self.what, "live": self.live, "receiver": "gstreamer"}
 
     # -- helpers ------------------------------------------------------------------------------
+    def _on_data(self, pad: Any, info: Any) -> Any:
+        # Runs in a streaming thread for every packet: only a timestamp, nothing that could block.
+        self._last_data = time.monotonic()
+        return self._gst.PadProbeReturn.OK
+
     def _frame(self, sample: Any, now: float) -> Frame:
         buf = sample.get_buffer()
         s = sample.get_caps().get_structure(0)

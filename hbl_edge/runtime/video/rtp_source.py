@@ -203,6 +203,7 @@ class GstRtpSource(GstSource):
         c = self.info.codec
         self._depay, self._dec = ("rtph264depay", "avdec_h264") if c == "h264" else ("rtph265depay", "avdec_h265")
         self.elements = ("udpsrc", self._depay, self._dec, "videoconvert", "videoscale", "appsink")
+        self.data_element = "depay"
 
     def check(self) -> None:
         check_udp_free(_bind_address(self.info.address), self.info.port, self.what)
@@ -210,7 +211,7 @@ class GstRtpSource(GstSource):
     def description(self) -> str:
         addr = _bind_address(self.info.address) or "0.0.0.0"
         return (f"udpsrc name=src address={addr} port={self.info.port} reuse=false buffer-size={UDP_RCVBUF} ! "
-                f"{self._depay} ! {self._dec} ! {self.scale()}{APPSINK}")
+                f"{self._depay} name=depay ! {self._dec} ! {self.scale()}{APPSINK}")
 
     def _caps(self) -> str:
         enc = "H264" if self.info.codec == "h264" else "H265"

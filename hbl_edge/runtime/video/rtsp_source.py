@@ -53,13 +53,14 @@ class GstRtspSource(GstSource):
         c = options.codec
         self._depay, self._dec = ("rtph264depay", "avdec_h264") if c == "h264" else ("rtph265depay", "avdec_h265")
         self.elements = ("rtspsrc", self._depay, self._dec, "videoconvert", "videoscale", "appsink")
+        self.data_element = "depay"
 
     def description(self) -> str:
         o = self.options
         tcp_timeout = int(o.timeout_s * 1e6)
         return (f"rtspsrc location={quote(self.url)} latency={o.latency_ms} protocols={o.transport} "
                 f"drop-on-latency=true tcp-timeout={tcp_timeout} timeout={tcp_timeout} ! "
-                f"{self._depay} ! {self._dec} ! {self.scale()}{APPSINK}")
+                f"{self._depay} name=depay ! {self._dec} ! {self.scale()}{APPSINK}")
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "kind": "rtsp", "url": self.url, "transport": self.options.transport,
