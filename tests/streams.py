@@ -40,11 +40,11 @@ from hbl_edge.runtime.video._deps import gst_available
 from hbl_edge.runtime.video.stamp import read_stamp, write_stamp
 
 GST_REASON = "GStreamer/PyGObject not installed (CI installs them: see .ci/run)"
-requires_gst = pytest.mark.skipif(not gst_available("udpsrc", "rtph264depay", "avdec_h264", "x264enc"),
-                                  reason=GST_REASON)
+HAVE_GST = gst_available("udpsrc", "rtph264depay", "avdec_h264", "x264enc")
+HAVE_RTSP_SERVER = gst_available("appsrc", "x264enc", "rtph264pay", "rtspsrc", rtsp_server=True)
+requires_gst = pytest.mark.skipif(not HAVE_GST, reason=GST_REASON)
 requires_rtsp_server = pytest.mark.skipif(
-    not gst_available("appsrc", "x264enc", "rtph264pay", "rtspsrc", rtsp_server=True),
-    reason="gst-rtsp-server/PyGObject not installed (CI installs them: see .ci/run)")
+    not HAVE_RTSP_SERVER, reason="gst-rtsp-server/PyGObject not installed (CI installs them: see .ci/run)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,6 +67,12 @@ def free_udp_port() -> int:
             continue
         return port
     raise RuntimeError("no free UDP port pair")
+
+
+def looks_like_ball(image: np.ndarray) -> bool:
+    """True for an intact frame of videotestsrc's ``ball`` pattern (black, one white ball); a
+    frame decoded from broken units is mostly grey/green."""
+    return bool(np.median(image) < 30 and image.max() > 200)
 
 
 def free_tcp_port() -> int:
@@ -334,13 +340,17 @@ class RtspServer:
 
     ``stop()`` removes the listening socket and disconnects every client (the vehicle went
     away); ``start()`` serves again on the same port.
+
+    ``config_interval``: rtph264pay's; -1 (SPS/PPS before every slice of a keyframe, what many
+    gst-rtsp-server cameras send) breaks libavformat's parser, 0 (in-band from x264) does not.
     """
 
     def __init__(self, port: int | None = None, path: str = "/test", size: tuple[int, int] = (320, 240),
-                 fps: int = 30, start: bool = True):
+                 fps: int = 30, start: bool = True, config_interval: int = 0):
         self.port = port or free_tcp_port()
         self.path = path
         self.size, self.fps = size, fps
+        self.config_interval = config_interval
         self._loop: Any = None
         self._thread: threading.Thread | None = None
         self._server: Any = None
@@ -366,7 +376,7 @@ class RtspServer:
         factory.set_launch(
             f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={w},height={h},framerate={self.fps}/1 ! "
             f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={self.fps} ! "
-            f"rtph264pay name=pay0 pt=96 config-interval=-1 )")
+            f"video/x-h264,stream-format=byte-stream ! rtph264pay name=pay0 pt=96 config-interval={self.config_interval} )")
         factory.set_shared(True)
         server.get_mount_points().add_factory(self.path, factory)
         self._source_id = server.attach(ctx)
@@ -517,6 +527,6 @@ def keyframe_gaps(frames: list[Received]) -> list[float]:
 
 
 __all__ = [
-    "GST_REASON", "Received", "RtpSender", "RtspServer", "StreamReceiver", "free_tcp_port", "free_udp_port",
-    "keyframe_gaps", "make_clip", "requires_gst", "requires_rtsp_server", "synth_frame",
+    "GST_REASON", "HAVE_GST", "HAVE_RTSP_SERVER", "Received", "RtpSender", "RtspServer", "StreamReceiver", "free_tcp_port", "free_udp_port",
+    "keyframe_gaps", "looks_like_ball", "make_clip", "requires_gst", "requires_rtsp_server", "synth_frame",
 ]

@@ -8,7 +8,9 @@ import statistics
 import time
 
 import pytest
-from streams import RtpSender, StreamReceiver, free_udp_port, keyframe_gaps, requires_gst, synth_frame
+from streams import (
+    RtpSender, StreamReceiver, free_udp_port, keyframe_gaps, looks_like_ball, requires_gst, synth_frame,
+)
 
 from hbl_edge.runtime.video import Frame, SourceLost, StreamError, VideoOptions, open_sink, open_source
 from hbl_edge.runtime.video.rtp_depay import Depacketizer
@@ -105,6 +107,29 @@ class TestRtpSource:
         src.close()
         assert len(frames) == 5 and min(read_stamp(f.image) for f in frames) > paused_at
         assert frames[0].index > 4  # indices continue across reconnects
+
+    @requires_gst
+    @pytest.mark.parametrize("receiver", ["packets", "gstreamer"])
+    def test_a_gstreamer_sender_with_parameter_sets_before_every_slice(self, port, receiver):
+        """BlueOS's camera manager is GStreamer (rtph264pay config-interval=-1): with a sliced encoder
+        SPS/PPS come before every slice of a keyframe; access units by marker bit keep them whole."""
+        from hbl_edge.runtime.video._deps import need_gst
+
+        Gst, _, _ = need_gst("test")
+        sender = Gst.parse_launch(
+            "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! "
+            "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 ! "
+            f"rtph264pay config-interval=-1 pt=96 ! udpsink host=127.0.0.1 port={port} sync=false")
+        src = open_source(f"rtp://127.0.0.1:{port}", VideoOptions(receiver=receiver))
+        src.open()
+        sender.set_state(Gst.State.PLAYING)
+        try:
+            frames = receive(src, 40)
+        finally:
+            sender.set_state(Gst.State.NULL)
+            src.close()
+        assert len(frames) == 40 and all(looks_like_ball(f.image) for f in frames)
+        assert src.counters["corrupt"] == 0
 
     def test_nobody_sending_is_source_lost_after_the_timeout(self, port):
         src = open_source(f"rtp://127.0.0.1:{port}", VideoOptions(timeout_s=0.3))

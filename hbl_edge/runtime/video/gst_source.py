@@ -169,7 +169,7 @@ class GstSource:
             if msg.type == Gst.MessageType.EOS:
                 return "the stream ended (end of stream)"
             err, debug = msg.parse_error()
-            return f"{one_line(err)} ({msg.src.get_name()})"
+            return f"{_message(err)} ({msg.src.get_name()})"
 
     def _poll_bus(self) -> None:
         Gst = self._gst
@@ -183,12 +183,17 @@ class GstSource:
                 # Decoders and depayloaders warn about the packets/frames they had to drop.
                 if any(k in msg.src.get_name() for k in ("dec", "depay", "parse")):
                     self.counters["corrupt"] += 1
-                log.debug("%s: %s", self.what, one_line(err))
+                log.debug("%s: %s", self.what, _message(err))
                 continue
             if msg.type == Gst.MessageType.EOS:
                 raise SourceLost(f"{self.what}: the stream ended")
             err, _ = msg.parse_error()
-            raise SourceLost(f"{self.what}: {one_line(err)}")
+            raise SourceLost(f"{self.what}: {_message(err)}")
+
+
+def _message(err: Any) -> str:
+    """A GLib.Error's text without its domain and code."""
+    return one_line(getattr(err, "message", None) or err)
 
 
 __all__ = ["APPSINK", "GstSource", "quote"]

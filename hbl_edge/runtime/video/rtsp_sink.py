@@ -3,9 +3,8 @@ hbl-edge) connect to, through gst-rtsp-server (PyAV can publish to an RTSP serve
 one).
 
 One shared media per mount: every client sees the same encoder output
-(``appsrc ! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast ! rtph264pay
-config-interval=-1``: SPS/PPS with every keyframe, a keyframe every ``keyframe_interval_s`` at the
-nominal rate). Frames written while nobody watches are counted in ``idle_frames`` and dropped
+(``appsrc ! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast ! rtph264pay``: SPS/PPS
+in-band before every keyframe, a keyframe every ``keyframe_interval_s`` at the nominal rate). Frames written while nobody watches are counted in ``idle_frames`` and dropped
 without encoding. ``rtsp://@:8554/enhanced`` listens on every address; ``rtsp://127.0.0.1:8554/x``
 only on that one.
 
@@ -57,13 +56,18 @@ class RtspSink:
     def _launch(self) -> str:
         o = self.options
         gop = max(1, round((o.rate or 30.0) * o.keyframe_interval_s))
+        # SPS/PPS go in-band before every keyframe from the encoder (byte-stream x264 repeats them;
+        # x265 is told to), not from the payloader: rtph264pay's config-interval=-1 puts them before
+        # *every slice* of a keyframe, which libavformat's parser (ffplay, OpenCV, PyAV) takes for new
+        # access units (measured: half-grey pictures); zerolatency x264 cuts frames into slices.
         if o.output_codec == "h264":
             enc = (f"x264enc tune=zerolatency speed-preset={o.preset or 'ultrafast'} bitrate={o.bitrate_kbps} "
                    f"key-int-max={gop} ! video/x-h264,stream-format=byte-stream ! "
-                   f"rtph264pay name=pay0 pt={o.payload_type} config-interval=-1")
+                   f"rtph264pay name=pay0 pt={o.payload_type} config-interval=0")
         else:
             enc = (f"x265enc tune=zerolatency speed-preset={o.preset or 'ultrafast'} bitrate={o.bitrate_kbps} "
-                   f"key-int-max={gop} ! rtph265pay name=pay0 pt={o.payload_type} config-interval=-1")
+                   f"key-int-max={gop} option-string=repeat-headers=1 ! video/x-h265,stream-format=byte-stream ! "
+                   f"rtph265pay name=pay0 pt={o.payload_type} config-interval=0")
         return (f"( appsrc name=src is-live=true format=time do-timestamp=true block=false max-bytes=0 "
                 f"max-buffers=2 leaky-type=downstream ! videoconvert ! video/x-raw,format=I420 ! {enc} )")
 
