@@ -37,9 +37,19 @@ log = logging.getLogger(__name__)
 V4L2_FORMATS = ("mjpeg", "yuyv422", "h264", "nv12", "yuv420p", "rgb24", "bgr24", "gray")
 
 
+def rate_fraction(rate: float) -> Fraction:
+    """A frame rate as a fraction: whole rates exact, the NTSC ones (29.97, 59.94) as N·1000/1001."""
+    n = round(rate)
+    if abs(rate - n) < 1e-6:
+        return Fraction(n)
+    if abs(rate - n * 1000 / 1001) < 0.006:
+        return Fraction(n * 1000, 1001)
+    return Fraction(rate).limit_denominator(1000)
+
+
 def rate_text(rate: float) -> str:
-    """A frame rate as FFmpeg/GStreamer write it (30, 30000/1001)."""
-    f = Fraction(rate).limit_denominator(1001)
+    """A frame rate as FFmpeg writes it (30, 30000/1001)."""
+    f = rate_fraction(rate)
     return str(f.numerator) if f.denominator == 1 else f"{f.numerator}/{f.denominator}"
 
 
@@ -66,11 +76,13 @@ class V4l2Source:
     def __init__(self, uri: Uri, options: VideoOptions):
         self.uri = uri
         self.options = options
-        self.path = uri.path or "/dev/video0"
+        path, _, query = (uri.path or "/dev/video0").partition("?")
+        self.path = path or "/dev/video0"
+        self.query = {**dict(kv.partition("=")[::2] for kv in query.split("&") if kv), **uri.query}
         if not re.fullmatch(r"/dev/[\w/.-]+", self.path):
             raise StreamError(f"{uri.text}: a V4L2 device is a /dev path such as /dev/video0")
         self.what = f"camera {self.path}"
-        self.device_options = v4l2_options(options, uri.query)
+        self.device_options = v4l2_options(options, self.query)
         self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
         self._cond = Conditioner(options, True, self.counters, resize=False)
         self._container: Any = None
@@ -179,7 +191,8 @@ def csi_pipeline(sensor: int, options: VideoOptions, *, output: str = "RGB",
     """The GStreamer description for ``csi://sensor`` in the asked mode (default 1280×720 at 30)."""
     w = options.width or CSI_DEFAULT[0]
     h = options.height or CSI_DEFAULT[1]
-    rate = rate_text(options.rate or CSI_DEFAULT[2])
+    f = rate_fraction(options.rate or CSI_DEFAULT[2])
+    rate = f"{f.numerator}/{f.denominator}"  # GStreamer caps want a fraction, even 30/1
     flip = NVVIDCONV_FLIP[options.flip]
     return (f"nvarguscamerasrc sensor-id={sensor} ! "
             f"video/x-raw(memory:NVMM),width={w},height={h},framerate={rate},format=NV12 ! "
