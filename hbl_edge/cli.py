@@ -409,7 +409,8 @@ def stream(
     lat = final["latency_ms"]
     glass = lat.get("glass") or lat.get("infer")
     console.print(
-        f"[green]done[/]: {f['out']} frames enhanced, {f['dropped']} dropped, {f['corrupt']} corrupt"
+        f"[green]done[/]: {f['out']} frames enhanced ({final['fps']['out_avg']:.1f} fps), {f['dropped']} dropped, "
+        f"{f['corrupt']} corrupt"
         + (f", {g['count']} source gap(s) ({g['total_s']:.1f} s)" if g["count"] else "")
         + (f"; {'glass-to-glass' if lat.get('glass') else 'inference'} p50 {glass['p50']:.1f} ms, p99 {glass['p99']:.1f} ms" if glass else "")
         + "".join(f"; output {n} failed: {s['failed']}" for n, s in final["sinks"].items() if s["failed"])

@@ -193,3 +193,22 @@ def test_import_is_light_and_lazy():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_gstreamer_then_cpp_exceptions_do_not_abort(tmp_path):
+    """hbl_edge keeps libgcc_s's unwinder first: GStreamer's libunwind must not turn a C++
+    exception (torch's ONNX tracer throws and catches one) into an abort of the process."""
+    pytest.importorskip("gi")
+    code = (
+        "import hbl_edge\n"
+        "import gi\n"
+        "gi.require_version('Gst', '1.0')\n"
+        "from gi.repository import Gst\n"
+        "Gst.init(None)\n"
+        "Gst.ElementFactory.find('x264enc')\n"
+        "import torch\n"
+        f"torch.onnx.export(torch.nn.Conv2d(3, 3, 3), (torch.zeros(1, 3, 8, 8),), {str(tmp_path / 'c.onnx')!r}, dynamo=False)\n"
+        "print('exported')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "exported" in proc.stdout, proc.stderr[-2000:]

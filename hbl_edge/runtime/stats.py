@@ -71,16 +71,32 @@ class LatencyWindow:
 
 
 class RateMeter:
-    """Events per second over the last ``window_s`` seconds (a deque of timestamps, bounded)."""
+    """Events per second over the last ``window_s`` seconds (a deque of timestamps, bounded),
+    and on average over the whole run (first to last event)."""
 
     def __init__(self, window_s: float = RATE_WINDOW_S, max_events: int = 4096) -> None:
         self.window_s = window_s
         self._t: collections.deque[float] = collections.deque(maxlen=max_events)
+        self._first: float | None = None
+        self._last = 0.0
+        self._count = 0
         self._lock = threading.Lock()
 
     def tick(self, t: float | None = None) -> None:
+        t = time.monotonic() if t is None else t
         with self._lock:
-            self._t.append(time.monotonic() if t is None else t)
+            self._t.append(t)
+            if self._first is None:
+                self._first = t
+            self._last = t
+            self._count += 1
+
+    def average(self) -> float:
+        """(events − 1) / (last − first): the run's mean rate (0 before two events)."""
+        with self._lock:
+            if self._first is None or self._count < 2 or self._last <= self._first:
+                return 0.0
+            return (self._count - 1) / (self._last - self._first)
 
     def rate(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
@@ -116,9 +132,9 @@ class StreamStats:
         format, time (Unix s), uptime_s, state ("starting" | "running" | "waiting" | "ended"),
         source {uri, live, ...describe()}, model {...}, temporal (bool),
         frames {in, out, dropped, corrupt, resized},
-        fps {in, out},
+        fps {in, out (over the last 2 s), in_avg, out_avg (first to last frame of the run)},
         latency_ms {read, queue, infer, glass: {p50, p99, mean, max, n} | null},
-        sinks {NAME: {written, dropped, failed, fps, sink_queue_ms, write_ms, glass_ms}},
+        sinks {NAME: {written, dropped, failed, fps, fps_avg, sink_queue_ms, write_ms, glass_ms}},
         gaps {count, reconnects, total_s, current_s (null unless waiting), last [{at_frame, start, duration_s}]}
     """
 
@@ -230,10 +246,12 @@ class StreamStats:
                          "total_s": round(self.gap_total_s + (gap_current or 0.0), 3), "current_s": gap_current,
                          "last": list(self.gaps)},
             }
-        doc["fps"] = {"in": round(self.rate_in.rate(now), 2), "out": round(self.rate_out.rate(now), 2)}
+        doc["fps"] = {"in": round(self.rate_in.rate(now), 2), "out": round(self.rate_out.rate(now), 2),
+                      "in_avg": round(self.rate_in.average(), 2), "out_avg": round(self.rate_out.average(), 2)}
         doc["latency_ms"] = {s: w.summary() for s, w in self.latency.items()}
         doc["sinks"] = {
             s.name: {"written": s.written, "dropped": s.dropped, "failed": s.failed, "fps": round(s.rate.rate(now), 2),
+                     "fps_avg": round(s.rate.average(), 2),
                      "sink_queue_ms": s.sink_queue.summary(), "write_ms": s.write.summary(), "glass_ms": s.glass.summary()}
             for s in sinks
         }
