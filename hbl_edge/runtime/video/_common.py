@@ -246,9 +246,14 @@ def low_latency_decoder(av: Any, codec: str) -> Any:
 
 
 def live_decoder(ctx: Any) -> None:
-    """Configure a PyAV decoder context for live input (no frame-threading delay, low_delay)."""
-    ctx.thread_type = "SLICE"
-    ctx.thread_count = 2
+    """Configure a PyAV decoder context for live input: one thread, ``low_delay``.
+
+    Frame threads hold (threads − 1) frames; slice threads only help streams cut into slices and
+    cost more than they save on a busy small CPU (measured at 320×240 on 2 loaded cores: 3.0 ms
+    decode + RGB with 2 slice threads, 1.2 ms with one).
+    """
+    ctx.thread_type = "NONE"
+    ctx.thread_count = 1
     try:
         from av.codec.context import Flags
 
@@ -257,12 +262,26 @@ def live_decoder(ctx: Any) -> None:
         pass
 
 
-def av_frame_to_rgb(vframe: Any, options: VideoOptions) -> np.ndarray:
-    """A PyAV VideoFrame as H×W×3 uint8 RGB, scaled by swscale to ``--input-width/height``."""
-    size = target_size(options, vframe.width, vframe.height)
-    if size is None:
-        return vframe.to_ndarray(format="rgb24")
-    return vframe.to_ndarray(format="rgb24", width=size[0], height=size[1])
+class RgbConverter:
+    """PyAV VideoFrames → H×W×3 uint8 RGB, scaled by swscale to ``--input-width/height``.
+
+    One per source: its reformatter keeps the swscale context between frames, where
+    ``VideoFrame.to_ndarray(format=...)`` builds a new one for every frame (measured at 320×240:
+    0.06 ms against 0.35 ms in a loop, and ~1.5 ms for a live frame arriving to cold caches).
+    """
+
+    def __init__(self, options: VideoOptions):
+        self.options = options
+        self._reformatter: Any = None
+
+    def __call__(self, vframe: Any) -> np.ndarray:
+        if self._reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
+        size = target_size(self.options, vframe.width, vframe.height)
+        w, h = size if size is not None else (None, None)
+        return self._reformatter.reformat(vframe, width=w, height=h, format="rgb24").to_ndarray()
 
 
 def av_errors(av: Any) -> tuple[type[BaseException], ...]:
@@ -384,7 +403,7 @@ class AvVideoWriter:
 
 
 __all__ = [
-    "AvVideoWriter", "Conditioner", "OutputClock", "SizeKeeper", "TIME_BASE", "av_errors", "av_frame_to_rgb",
+    "AvVideoWriter", "Conditioner", "OutputClock", "RgbConverter", "SizeKeeper", "TIME_BASE", "av_errors",
     "bind_udp", "check_tcp_free", "check_udp_free", "even_size", "is_multicast", "live_decoder",
     "low_latency_decoder", "port_error", "resolve_host", "target_size",
 ]

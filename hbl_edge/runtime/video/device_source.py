@@ -27,7 +27,7 @@ from collections import deque
 from fractions import Fraction
 from typing import Any
 
-from ._common import Conditioner, av_errors, av_frame_to_rgb, live_decoder
+from ._common import Conditioner, RgbConverter, av_errors, live_decoder
 from ._deps import gst_available, need_av, need_cv2, need_gst, one_line
 from .base import SOURCES, Frame, SourceLost, StreamError, Uri, VideoOptions
 from .gst_source import GstSource
@@ -85,6 +85,7 @@ class V4l2Source:
         self.device_options = v4l2_options(options, self.query)
         self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
         self._cond = Conditioner(options, True, self.counters, resize=False)
+        self._rgb = RgbConverter(options)
         self._container: Any = None
         self._packets: Any = None
         self._ready: deque[Any] = deque()
@@ -151,7 +152,7 @@ class V4l2Source:
                 self.counters["corrupt"] += 1
 
     def _frame(self, vf: Any) -> Frame:
-        frame = Frame(self._cond.image(av_frame_to_rgb(vf, self.options)), self._index, time.monotonic(), None, {})
+        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
         self._index += 1
         self.counters["frames"] += 1
         return frame

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Conditioner, av_errors, av_frame_to_rgb
+from ._common import Conditioner, RgbConverter, av_errors
 from ._deps import need_av, one_line
 from .base import SOURCES, VIDEO_EXTENSIONS, Frame, StreamError, Uri, VideoOptions
 
@@ -38,6 +38,7 @@ class FileSource:
         self.what = f"video file {self.path}"
         self.counters: dict[str, int] = {"frames": 0, "corrupt": 0, "loops": 0}
         self._cond = Conditioner(options, False, self.counters, resize=False)
+        self._rgb = RgbConverter(options)
         self._container: Any = None
         self._packets: Any = None
         self._ready: list[Any] = []
@@ -125,7 +126,7 @@ class FileSource:
         return True
 
     def _frame(self, vf: Any, pts: float) -> Frame:
-        image = self._cond.image(av_frame_to_rgb(vf, self.options))
+        image = self._cond.image(self._rgb(vf))
         frame = Frame(image, self._index, time.monotonic(), pts, {})
         self._index += 1
         self.counters["frames"] += 1

@@ -28,7 +28,7 @@ from collections import deque
 from typing import Any
 
 from ._common import (
-    UDP_RCVBUF, Conditioner, av_errors, av_frame_to_rgb, bind_udp, check_udp_free, is_multicast, live_decoder,
+    UDP_RCVBUF, Conditioner, av_errors, RgbConverter, bind_udp, check_udp_free, is_multicast, live_decoder,
     low_latency_decoder, resolve_host,
 )
 from ._deps import gst_available, need_av, one_line
@@ -102,6 +102,7 @@ class RtpSource:
         self._depay = Depacketizer(self.info.codec, self.info.payload_type,
                                    sprop_parameter_sets(self.info.fmtp, self.info.codec))
         self._cond = Conditioner(options, True, self.counters, resize=False)
+        self._rgb = RgbConverter(options)
         self._sock: socket.socket | None = None
         self._dec: Any = None
         self._av: Any = None
@@ -177,7 +178,7 @@ class RtpSource:
             self._ready.append((vf, now, {"rtp_timestamp": unit.timestamp, "keyframe": unit.keyframe}))
 
     def _frame(self, vframe: Any, t: float, meta: dict[str, Any]) -> Frame:
-        image = self._cond.image(av_frame_to_rgb(vframe, self.options))
+        image = self._cond.image(self._rgb(vframe))
         frame = Frame(image, self._index, time.monotonic(), None, meta)
         frame.meta["t_received"] = t
         self._index += 1
@@ -240,6 +241,7 @@ class PyavRtpSource:
         self.what = f"rtp source {uri.text} (PyAV)"
         self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
         self._cond = Conditioner(options, True, self.counters, resize=False)
+        self._rgb = RgbConverter(options)
         self._container: Any = None
         self._packets: Any = None
         self._ready: deque[Any] = deque()
@@ -304,7 +306,7 @@ class PyavRtpSource:
                 self.counters["corrupt"] += 1
 
     def _frame(self, vf: Any) -> Frame:
-        frame = Frame(self._cond.image(av_frame_to_rgb(vf, self.options)), self._index, time.monotonic(), None, {})
+        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
         self._index += 1
         self.counters["frames"] += 1
         return frame

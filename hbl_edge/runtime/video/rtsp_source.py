@@ -21,7 +21,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ._common import Conditioner, av_errors, av_frame_to_rgb, live_decoder
+from ._common import Conditioner, av_errors, RgbConverter, live_decoder
 from ._deps import gst_available, need_av, one_line
 from .base import SOURCES, Frame, SourceLost, StreamError, Uri, VideoOptions
 from .gst_source import APPSINK, GstSource, quote
@@ -79,6 +79,7 @@ class PyavRtspSource:
         self.what = f"rtsp source {self.url} (PyAV)"
         self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
         self._cond = Conditioner(options, True, self.counters, resize=False)
+        self._rgb = RgbConverter(options)
         self._container: Any = None
         self._packets: Any = None
         self._ready: deque[Any] = deque()
@@ -139,7 +140,7 @@ class PyavRtspSource:
                 self.counters["corrupt"] += 1
 
     def _frame(self, vf: Any) -> Frame:
-        frame = Frame(self._cond.image(av_frame_to_rgb(vf, self.options)), self._index, time.monotonic(), None, {})
+        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
         self._index += 1
         self.counters["frames"] += 1
         return frame

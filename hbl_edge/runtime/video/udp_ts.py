@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from ._common import (
-    UDP_RCVBUF, AvVideoWriter, Conditioner, av_errors, av_frame_to_rgb, check_udp_free, is_multicast,
+    UDP_RCVBUF, AvVideoWriter, Conditioner, av_errors, RgbConverter, check_udp_free, is_multicast,
     live_decoder, resolve_host,
 )
 from ._deps import need_av, need_encoder, one_line
@@ -39,6 +39,7 @@ class UdpTsSource:
         self.what = f"udp source {uri.text}"
         self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
         self._cond = Conditioner(options, True, self.counters, resize=False)
+        self._rgb = RgbConverter(options)
         self._container: Any = None
         self._packets: Any = None
         self._ready: deque[Any] = deque()
@@ -106,7 +107,7 @@ class UdpTsSource:
                 self.counters["corrupt"] += 1
 
     def _frame(self, vf: Any) -> Frame:
-        frame = Frame(self._cond.image(av_frame_to_rgb(vf, self.options)), self._index, time.monotonic(), None, {})
+        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
         self._index += 1
         self.counters["frames"] += 1
         return frame
