@@ -56,6 +56,7 @@ class GstSource:
         self._sink: Any = None
         self._bus: Any = None
         self._index = 0
+        self._warned_corrupt = 0
         self._cond = Conditioner(options, self.live, self.counters, resize=False)
         self._gst: Any = None
 
@@ -137,9 +138,13 @@ class GstSource:
 
     # -- helpers ------------------------------------------------------------------------------
     def _on_data(self, pad: Any, info: Any) -> Any:
-        # Runs in a streaming thread for every packet: only a timestamp, nothing that could block.
+        # Runs in a streaming thread for every packet: a timestamp and a header look, nothing that blocks.
         self._last_data = time.monotonic()
+        self.inspect(info.get_buffer())
         return self._gst.PadProbeReturn.OK
+
+    def inspect(self, buffer: Any) -> None:
+        """Look at each buffer entering :attr:`data_element` (e.g. to count RTP sequence gaps)."""
 
     def _frame(self, sample: Any, now: float) -> Frame:
         buf = sample.get_buffer()
@@ -158,6 +163,7 @@ class GstSource:
         frame = Frame(image, self._index, now, None, {})
         self._index += 1
         self.counters["frames"] += 1
+        self.counters["corrupt"] = self._warned_corrupt + self.counters.get("bad_packets", 0)
         return frame
 
     def _bus_error(self) -> str | None:
@@ -182,7 +188,8 @@ class GstSource:
                 self.counters["warnings"] += 1
                 # Decoders and depayloaders warn about the packets/frames they had to drop.
                 if any(k in msg.src.get_name() for k in ("dec", "depay", "parse")):
-                    self.counters["corrupt"] += 1
+                    self._warned_corrupt += 1
+                    self.counters["corrupt"] = self._warned_corrupt + self.counters.get("bad_packets", 0)
                 log.debug("%s: %s", self.what, _message(err))
                 continue
             if msg.type == Gst.MessageType.EOS:

@@ -154,6 +154,43 @@ class _H265(_Codec):
 CODECS = {"h264": _H264(), "h265": _H265()}
 
 
+class SequenceCounter:
+    """Lost/late/foreign packet counts from RTP headers alone (for receivers that depacketize
+    elsewhere, e.g. GStreamer): the same rules as :class:`Depacketizer`."""
+
+    def __init__(self, payload_type: int = 96):
+        self.payload_type = payload_type
+        self.stats = DepayStats()
+        self._ssrc: int | None = None
+        self._expected: int | None = None
+        self._last_time = 0.0
+
+    def push(self, data: bytes, now: float = 0.0) -> None:
+        pkt = parse_rtp(data)
+        if pkt is False:
+            self.stats.rtcp += 1
+            return
+        if pkt is None or pkt.payload_type != self.payload_type:
+            self.stats.bad += 1
+            return
+        if pkt.ssrc != self._ssrc:
+            if self._ssrc is not None and now - self._last_time < SSRC_TAKEOVER_S:
+                self.stats.bad += 1
+                return
+            self._ssrc, self._expected = pkt.ssrc, None
+        self._last_time = now
+        self.stats.packets += 1
+        if self._expected is not None:
+            d = (pkt.seq - self._expected) & 0xFFFF
+            behind = 0x10000 - d if d >= 0x8000 else 0
+            if 0 < behind <= RESYNC_GAP:
+                self.stats.late += 1
+                return
+            if not behind and d <= RESYNC_GAP:
+                self.stats.lost += d
+        self._expected = (pkt.seq + 1) & 0xFFFF
+
+
 def sprop_parameter_sets(fmtp: dict[str, str], codec: str) -> list[bytes]:
     """Parameter sets from an SDP ``a=fmtp`` line (``sprop-parameter-sets`` for H.264,
     ``sprop-vps/sps/pps`` for H.265), decoded from base64; malformed entries are ignored."""
@@ -332,4 +369,5 @@ class Depacketizer:
         return [AccessUnit(b"".join(START_CODE + n for n in nals), ts, key, types)]
 
 
-__all__ = ["AccessUnit", "DepayStats", "Depacketizer", "RtpPacket", "parse_rtp", "sprop_parameter_sets"]
+__all__ = ["AccessUnit", "DepayStats", "Depacketizer", "RtpPacket", "SequenceCounter", "parse_rtp",
+           "sprop_parameter_sets"]

@@ -34,7 +34,7 @@ from ._common import (
 from ._deps import gst_available, need_av, one_line
 from .base import CODECS, SOURCES, Frame, SourceLost, StreamError, Uri, VideoOptions
 from .gst_source import APPSINK, GstSource
-from .rtp_depay import Depacketizer, sprop_parameter_sets
+from .rtp_depay import Depacketizer, SequenceCounter, sprop_parameter_sets
 from .sdp import SdpInfo, make_sdp, read_sdp
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,8 @@ class GstRtpSource(GstSource):
         self._depay, self._dec = ("rtph264depay", "avdec_h264") if c == "h264" else ("rtph265depay", "avdec_h265")
         self.elements = ("udpsrc", self._depay, self._dec, "videoconvert", "videoscale", "appsink")
         self.data_element = "depay"
+        self.counters.update(lost_packets=0, late_packets=0, bad_packets=0)
+        self._seq = SequenceCounter(self.info.payload_type)
 
     def check(self) -> None:
         check_udp_free(_bind_address(self.info.address), self.info.port, self.what)
@@ -213,6 +215,15 @@ class GstRtpSource(GstSource):
         addr = _bind_address(self.info.address) or "0.0.0.0"
         return (f"udpsrc name=src address={addr} port={self.info.port} reuse=false buffer-size={UDP_RCVBUF} ! "
                 f"{self._depay} name=depay ! {self._dec} ! {self.scale()}{APPSINK}")
+
+    def inspect(self, buffer: Any) -> None:
+        """Count what the packets receiver counts, from the RTP headers entering the depayloader
+        (GStreamer drops broken units and conceals as it sees fit; its warnings count as corrupt)."""
+        self._seq.push(buffer.extract_dup(0, min(buffer.get_size(), 64)), time.monotonic())
+        st = self._seq.stats
+        self.counters["lost_packets"] = st.lost
+        self.counters["late_packets"] = st.late
+        self.counters["bad_packets"] = st.bad
 
     def _caps(self) -> str:
         enc = "H264" if self.info.codec == "h264" else "H265"
