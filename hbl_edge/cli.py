@@ -364,10 +364,12 @@ def stream(
     input_flip: str = typer.Option("none", help="none | horizontal | vertical | rotate-180"),
     input_transport: str = typer.Option("tcp", help="RTSP transport: tcp | udp"),
     input_timeout: float = typer.Option(2.0, help="seconds of silence after which a live input counts as lost (then reconnect)"),
+    input_receiver: str = typer.Option("auto", help="RTP/RTSP receive path: auto | packets | gstreamer | pyav (docs/runtime.md)"),
     output_codec: str = typer.Option("h264", help="encoded outputs: h264 | h265"),
     bitrate: int = typer.Option(4_000_000, help="encoded outputs: target bitrate in bits per second"),
     keyframe_interval: float = typer.Option(1.0, help="encoded outputs: at least one keyframe (SPS/PPS repeated) per this many seconds"),
     headless: bool = typer.Option(False, "--headless", help="open no display window"),
+    sdp: Optional[Path] = typer.Option(None, help="where an rtp:// output writes its SDP file (default: rtp-HOST-PORT.sdp here)"),
     preview: Optional[str] = typer.Option(None, help="[HOST:]PORT: serve a live page (raw | enhanced, FPS, latency); binds 127.0.0.1 unless HOST is given"),
     stats_json: Optional[Path] = typer.Option(None, help="write the stats (latency p50/p99, FPS, drops, gaps) here, every second and at exit"),
     temporal: bool = typer.Option(False, "--temporal", help="remove flicker on static scenes (motion-gated smoothing)"),
@@ -383,6 +385,7 @@ def stream(
         width=input_width, height=input_height, rate=input_rate, codec=input_codec, latency_ms=input_latency,
         loop=input_loop, flip=input_flip, transport=input_transport, timeout_s=input_timeout, output_codec=output_codec,
         bitrate_kbps=max(1, bitrate // 1000), keyframe_interval_s=keyframe_interval, headless=headless,
+        receiver=input_receiver, sdp_path=str(sdp) if sdp else None,
     )
     config = PipelineConfig(temporal=temporal, duration_s=duration, max_frames=frames, stats_json=stats_json)
     src = open_source(source, opts)  # URIs and options are checked before the model loads

@@ -125,6 +125,7 @@ class FakeSink:
         self.images: list[np.ndarray] = []
         self.frames: list[Frame] = []
         self.write_times: list[float] = []
+        self.placeholders: list[np.ndarray] = []  # "waiting for source" pictures during gaps
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -138,6 +139,9 @@ class FakeSink:
             raise SinkError("No space left on device")
         if self.delay:
             time.sleep(self.delay)
+        if frame.meta.get("placeholder"):
+            self.placeholders.append(frame.image)
+            return
         with self._lock:
             self.indices.append(frame.index)
             self.write_times.append(time.monotonic())
@@ -173,3 +177,42 @@ class Gain:
 
 
 __all__ = ["FakeSink", "FakeSource", "Gain", "StreamError", "pattern"]
+
+
+def gain_model(folder, gain: float = 1.6):
+    """A real exported bundle (``folder/export``) whose network computes exactly clip(gain · x).
+
+    The network is the package's own (genotype with 1×1 convolutions, C = 4/16, one HNU), its
+    weights set by hand: the head copies RGB, ``down1`` is a space-to-depth (12 of 16 channels
+    hold the 4 sub-pixel phases of R, G, B) and ``up2`` its inverse, so the full-resolution
+    picture passes the U exactly; every other weight is 0 (the HNU then outputs 0), and the tail
+    multiplies by ``gain``. Streams can then be checked against a known enhancement (H.264
+    tolerance), which random weights (a near-black output) cannot give.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from hbl_edge.bundle import save_bundle
+    from hbl_edge.export import export_onnx
+    from hbl_edge.export.onnx_export import parity_images
+    from hbl_edge.genotype import Genotype
+    from hbl_edge.network import Network
+
+    g = Genotype(encoder=["conv_1x1"] * 9, decoder=["conv_1x1"] * 9, hnu=[["conv_1x1"] * 8], channels=(4, 16), units=1)
+    net = Network(g).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        for c in range(3):
+            net.head.conv.weight[c, c] = 1.0
+            net.tail.conv.weight[c, c] = gain
+            for dy in range(2):
+                for dx in range(2):
+                    net.down1.weight[4 * c + 2 * dy + dx, c, dy, dx] = 1.0
+                    net.up2.weight[4 * c + 2 * dy + dx, c, dy, dx] = 1.0
+    folder = Path(folder)
+    bundle = save_bundle(folder, net, task="lowlight", loss={"l1": 1.0},
+                         provenance={"note": f"test model: clip({gain} * x), weights set by hand"})
+    export_onnx(bundle, folder / "export", images=parity_images(0, [(1, 8, 12)]))
+    return folder / "export"

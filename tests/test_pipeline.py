@@ -121,8 +121,9 @@ class TestLive:
         assert final["latency_ms"]["queue"]["p99"] < 45
 
     def test_slow_sink_does_not_hold_back_the_others(self):
-        src = FakeSource(60, live=True, fps=100)
-        slow, fast = FakeSink("slow.mp4", delay=0.05), FakeSink("fast.mp4")
+        # 40 fps leaves the fast sink 25 ms per frame even on a loaded CI box.
+        src = FakeSource(60, live=True, fps=40)
+        slow, fast = FakeSink("slow.mp4", delay=0.1), FakeSink("fast.mp4")
         _, final = run(src, [slow, fast])
         assert fast.indices == list(range(60))  # the fast one got every frame
         s = final["sinks"]["slow.mp4"]
@@ -132,7 +133,7 @@ class TestLive:
     def test_failing_sink_is_dropped_others_go_on(self, caplog):
         bad, good = FakeSink("full.mp4", fail_at=3), FakeSink("good.mp4")
         with caplog.at_level(logging.ERROR, logger="hbl_edge.runtime.pipeline"):
-            _, final = run(FakeSource(30, live=True, fps=200), [bad, good])
+            _, final = run(FakeSource(30, live=True, fps=50), [bad, good])
         assert good.indices == list(range(30)) and bad.indices == [0, 1, 2] and bad.closed == 1
         assert final["sinks"]["full.mp4"]["failed"] == "No space left on device"
         msgs = [r.getMessage() for r in caplog.records if "full.mp4" in r.getMessage()]
@@ -140,17 +141,18 @@ class TestLive:
 
     def test_every_sink_failing_ends_the_run(self):
         with pytest.raises(PipelineError, match="every output failed"):
-            run(FakeSource(None, live=True, fps=200), [FakeSink(fail_at=2)])
+            run(FakeSource(None, live=True, fps=50), [FakeSink(fail_at=2)])
 
     def test_reconnect_counts_the_gap_and_sinks_stay_up(self):
         # Frames for 0.4 s, then the server is gone for 1 s (reopen refused), then back.
         src = FakeSource(None, live=True, fps=50, outages=[(0.4, 1.4)], refuse_open=True, timeout_s=0.2)
-        sink = FakeSink()
-        pipe, final = run(src, [sink], duration_s=2.2, reconnect_base_s=0.05, reconnect_cap_s=0.2)
+        sink, stream = FakeSink(), FakeSink("rtp://127.0.0.1:5601")
+        pipe, final = run(src, [sink, stream], duration_s=2.2, reconnect_base_s=0.05, reconnect_cap_s=0.2,
+                          gap_frames_s=0.25)
         g = final["gaps"]
         assert g["count"] == 1 and g["current_s"] is None
-        # The gap runs from the loss (0.4 s + the 0.2 s timeout) to the first frame after 1.4 s.
-        assert 0.6 <= g["total_s"] <= 1.3, g
+        # The gap runs from the last frame before the loss (0.4 s) to the first one after 1.4 s.
+        assert 0.9 <= g["total_s"] <= 1.4, g
         assert g["reconnects"] >= 2 and src.opens == g["reconnects"] + 1
         assert sink.closed == 1 and sink.started  # one sink lifetime across the gap
         gaps = np.diff(sink.write_times)
@@ -159,6 +161,12 @@ class TestLive:
         assert after >= 25  # frames resumed: ~0.8 s at 50 fps after the source came back
         assert sink.indices == list(range(len(sink.indices)))  # nothing lost outside the outage
         assert len(g["last"]) == 1 and g["last"][0]["duration_s"] == pytest.approx(g["total_s"], abs=1e-3)
+        # The stream output showed "waiting for source" (about 4 per second of gap, at the video's size);
+        # the file got none.
+        assert stream.indices == sink.indices and not sink.placeholders
+        assert 2 <= len(stream.placeholders) <= 5 and stream.placeholders[0].shape == (24, 32, 3)
+        assert final["sinks"]["rtp://127.0.0.1:5601"]["gap_frames"] == len(stream.placeholders)
+        assert final["sinks"]["rtp://127.0.0.1:5601"]["written"] == len(stream.indices)
 
     def test_live_source_absent_at_start_is_waited_for(self):
         src = FakeSource(None, live=True, fps=50, outages=[(0.0, 0.5)], refuse_open=True, timeout_s=0.2)
@@ -173,8 +181,9 @@ class TestLive:
 
     def test_max_frames_live(self):
         sink = FakeSink()
-        _, final = run(FakeSource(None, live=True, fps=200), [sink], max_frames=5)
-        assert sink.indices == list(range(5)) and final["frames"]["out"] == 5
+        _, final = run(FakeSource(None, live=True, fps=50), [sink], max_frames=5)
+        # Exactly 5 enhanced and written (a live source may drop one while the threads start).
+        assert len(sink.indices) == 5 and sink.indices == sorted(sink.indices) and final["frames"]["out"] == 5
 
     def test_sigint_drains_and_closes(self):
         src = FakeSource(None, live=True, fps=100)

@@ -78,7 +78,10 @@ class Enhancer:
             self.model, self._owns = model, False
         else:
             from .model import load_model
+            from .runners import get_backend
 
+            if backend != "auto":
+                get_backend(backend)  # an unknown name fails here, whatever load_model does with it
             self.model, self._owns = load_model(model, backend, threads=threads, fp16=fp16), True
         self._supports: Callable[[int, int], bool] | None = getattr(self.model, "supports", None)
         self._plan: dict[tuple[int, int], tuple[int, int]] = {}

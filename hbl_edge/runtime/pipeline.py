@@ -174,6 +174,9 @@ class PipelineConfig:
         reconnect_base_s, reconnect_cap_s: backoff of a lost live source: the n-th attempt
             waits ``min(cap, base·2ⁿ)`` × a uniform jitter in [0.5, 1].
         stats_json: write the stats snapshot here every ``stats_every_s`` and at exit.
+        gap_frames_s: while a live source is lost, send a "waiting for source" picture this often
+            to the streaming outputs (rtp, udp, rtsp, display; not files), so a pilot's player
+            shows that the camera is gone instead of a frozen last frame (None: send nothing).
         handle_signals: install SIGINT/SIGTERM handlers in :meth:`Pipeline.run` (main thread only).
         tick_s: how often ``on_tick`` is called with the stats snapshot (terminal line).
     """
@@ -187,6 +190,7 @@ class PipelineConfig:
     reconnect_cap_s: float = 2.0
     stats_json: str | Path | None = None
     stats_every_s: float = 1.0
+    gap_frames_s: float | None = 0.5
     handle_signals: bool = True
     tick_s: float = 0.5
 
@@ -211,6 +215,10 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
 # ---------------------------------------------------------------------------------------------
 # Sinks
 # ---------------------------------------------------------------------------------------------
+#: Sink schemes that get "waiting for source" pictures during a gap.
+STREAMING = ("rtp", "udp", "rtsp", "display")
+
+
 class _SinkWorker:
     """One sink in its own thread, with its own queue (newest-only for live sources)."""
 
@@ -225,6 +233,8 @@ class _SinkWorker:
         self.overall = stats
         self.on_fail = on_fail
         self.dead = False
+        #: gets "waiting for source" pictures during a gap (streams and displays, not files)
+        self.gap_frames = bool(getattr(sink, "gap_frames", getattr(getattr(sink, "uri", None), "scheme", "") in STREAMING))
         self.thread = threading.Thread(target=self._loop, name=f"hbl-sink-{name}", daemon=True)
 
     def put(self, frame: Frame) -> None:
@@ -244,13 +254,16 @@ class _SinkWorker:
                 if self.abort.is_set():
                     continue  # second signal: skip what is queued, still close below
                 t0 = time.monotonic()
-                self.stats.sink_queue.add((t0 - item.meta.get("t_enhanced", t0)) * 1e3)
                 try:
                     self.sink.write(item)
                 except Exception as e:  # noqa: BLE001 - any failure of one sink must spare the others
                     self._fail(e)
                     return
                 t1 = time.monotonic()
+                if item.meta.get("placeholder"):
+                    self.stats.gap_frames += 1
+                    continue
+                self.stats.sink_queue.add((t0 - item.meta.get("t_enhanced", t0)) * 1e3)
                 self.stats.write.add((t1 - t0) * 1e3)
                 glass = (t1 - item.t_capture) * 1e3
                 self.stats.glass.add(glass)
@@ -343,6 +356,8 @@ class Pipeline:
         self._writer: StatsWriter | None = None
         self._workers: list[_SinkWorker] = []
         self._threads: list[threading.Thread] = []
+        self._last_out: tuple[int, tuple[int, int]] | None = None  # (index, (h, w)) of the last output
+        self._last_gap_frame = 0.0
 
     # -- preparing ----------------------------------------------------------------------
     def prepare(self) -> None:
@@ -518,6 +533,7 @@ class Pipeline:
         attempt = 0
         lost_at: float | None = None if self._source_open else time.monotonic()
         read_count = 0
+        last_frame_at: float | None = None
         try:
             while not self._stop.is_set():
                 if not self._source_open:
@@ -537,7 +553,7 @@ class Pipeline:
                 try:
                     frame = src.read()
                 except SourceLost as e:
-                    self._lost(e)
+                    self._lost(e, last_frame_at)
                     lost_at = time.monotonic()
                     continue
                 if frame is None:
@@ -554,6 +570,7 @@ class Pipeline:
                 elif stats.state != "running":
                     stats.state = "running"
                 stats.frame_in((t1 - t0) * 1e3)
+                last_frame_at = t1
                 if q_in.put(frame):
                     stats.drop()
                 read_count += 1
@@ -562,10 +579,10 @@ class Pipeline:
         finally:
             q_in.close()
 
-    def _lost(self, e: BaseException) -> None:
+    def _lost(self, e: BaseException, last_frame_at: float | None) -> None:
         first = self.stats.waiting_s is None
         if first and self.stats.frames_in > 0:
-            self.stats.gap_started()
+            self.stats.gap_started(last_frame_at)
             log.warning("source %s lost (%s); reconnecting with backoff, outputs stay up", _name(self.source), e)
         elif first:
             self.stats.state = "waiting"
@@ -578,9 +595,11 @@ class Pipeline:
         pending: Any = None
         try:
             while True:
-                item = pending if pending is not None else q_in.get(0.2)
+                item = pending if pending is not None else q_in.get(0.1)
                 pending = None
                 if item is None:
+                    if self.live and cfg.gap_frames_s is not None:
+                        self._gap_frame(cfg.gap_frames_s)
                     continue
                 if item is END:
                     return
@@ -618,6 +637,21 @@ class Pipeline:
 
         threading.Thread(target=wait, name="hbl-wait-sinks", daemon=True).start()
 
+    def _gap_frame(self, every_s: float) -> None:
+        """During a source gap, a "waiting for source" picture to the streaming sinks (last output's size)."""
+        waiting = self.stats.waiting_s
+        if waiting is None or self._last_out is None or time.monotonic() - self._last_gap_frame < every_s:
+            return
+        from .preview import placeholder
+
+        self._last_gap_frame = time.monotonic()
+        index, (h, w) = self._last_out
+        frame = Frame(placeholder(f"waiting for source … {waiting:.0f} s", w, h), index,
+                      meta={"placeholder": True, "t_enhanced": time.monotonic()})
+        for wk in self._workers:
+            if wk.gap_frames:
+                wk.put(frame)
+
     def _enhance(self, frames: list[Frame]) -> None:
         stats = self.stats
         t0 = time.monotonic()
@@ -631,6 +665,7 @@ class Pipeline:
             enhanced = Frame(out, f.index, f.t_capture, f.pts, {**f.meta, "t_enhanced": t1})
             for w in self._workers:
                 w.put(enhanced)
+        self._last_out = (frames[-1].index, outs[-1].shape[:2])
         if self.preview is not None:
             self.preview.publish(frames[-1].image, outs[-1])
 

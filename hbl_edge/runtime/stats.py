@@ -118,6 +118,7 @@ class SinkStats:
         self.written = 0
         self.dropped = 0  # frames this sink skipped because it was slower than the stream (live only)
         self.failed: str | None = None  # one-line reason once it failed and was dropped
+        self.gap_frames = 0  # "waiting for source" pictures sent during source gaps
         self.sink_queue = LatencyWindow()
         self.write = LatencyWindow()
         self.glass = LatencyWindow()
@@ -134,7 +135,7 @@ class StreamStats:
         frames {in, out, dropped, corrupt, resized},
         fps {in, out (over the last 2 s), in_avg, out_avg (first to last frame of the run)},
         latency_ms {read, queue, infer, glass: {p50, p99, mean, max, n} | null},
-        sinks {NAME: {written, dropped, failed, fps, fps_avg, sink_queue_ms, write_ms, glass_ms}},
+        sinks {NAME: {written, dropped, gap_frames, failed, fps, fps_avg, sink_queue_ms, write_ms, glass_ms}},
         gaps {count, reconnects, total_s, current_s (null unless waiting), last [{at_frame, start, duration_s}]}
     """
 
@@ -191,10 +192,12 @@ class StreamStats:
         with self._lock:
             self.dropped += n
 
-    def gap_started(self) -> None:
+    def gap_started(self, at: float | None = None) -> None:
+        """A live source was lost; ``at``: when its last frame came (the gap starts there, not
+        when the silence was noticed ``timeout_s`` later)."""
         with self._lock:
             if self._gap_start is None:
-                self._gap_start = time.monotonic()
+                self._gap_start = time.monotonic() if at is None else at
                 self.gap_count += 1
                 self.state = "waiting"
 
@@ -250,7 +253,8 @@ class StreamStats:
                       "in_avg": round(self.rate_in.average(), 2), "out_avg": round(self.rate_out.average(), 2)}
         doc["latency_ms"] = {s: w.summary() for s, w in self.latency.items()}
         doc["sinks"] = {
-            s.name: {"written": s.written, "dropped": s.dropped, "failed": s.failed, "fps": round(s.rate.rate(now), 2),
+            s.name: {"written": s.written, "dropped": s.dropped, "gap_frames": s.gap_frames, "failed": s.failed,
+                     "fps": round(s.rate.rate(now), 2),
                      "fps_avg": round(s.rate.average(), 2),
                      "sink_queue_ms": s.sink_queue.summary(), "write_ms": s.write.summary(), "glass_ms": s.glass.summary()}
             for s in sinks
