@@ -179,15 +179,16 @@ class Gain:
 __all__ = ["FakeSink", "FakeSource", "Gain", "StreamError", "pattern"]
 
 
-def gain_model(folder, gain: float = 1.6):
+def gain_model(folder, gain: float = 1.6, genotype=None):
     """A real exported bundle (``folder/export``) whose network computes exactly clip(gain · x).
 
-    The network is the package's own (genotype with 1×1 convolutions, C = 4/16, one HNU), its
-    weights set by hand: the head copies RGB, ``down1`` is a space-to-depth (12 of 16 channels
+    The network is the package's own (by default a genotype of 1×1 convolutions, C = 4/16, one
+    HNU; or any ``genotype`` with C2 ≥ 12, at that genotype's full compute cost), its weights set
+    by hand: the head copies RGB (kernel centre), ``down1`` is a space-to-depth (12 channels
     hold the 4 sub-pixel phases of R, G, B) and ``up2`` its inverse, so the full-resolution
-    picture passes the U exactly; every other weight is 0 (the HNU then outputs 0), and the tail
+    picture passes the U exactly; every other weight is 0 (the HNUs then output 0), and the tail
     multiplies by ``gain``. Streams can then be checked against a known enhancement (H.264
-    tolerance), which random weights (a near-black output) cannot give.
+    tolerance) and frame stamps survive it, which random weights (a near-black output) cannot give.
     """
     from pathlib import Path
 
@@ -199,14 +200,18 @@ def gain_model(folder, gain: float = 1.6):
     from hbl_edge.genotype import Genotype
     from hbl_edge.network import Network
 
-    g = Genotype(encoder=["conv_1x1"] * 9, decoder=["conv_1x1"] * 9, hnu=[["conv_1x1"] * 8], channels=(4, 16), units=1)
+    g = genotype or Genotype(encoder=["conv_1x1"] * 9, decoder=["conv_1x1"] * 9, hnu=[["conv_1x1"] * 8],
+                             channels=(4, 16), units=1)
+    if g.channels[1] < 12:
+        raise ValueError("the identity path needs C2 ≥ 12 (4 phases × 3 colours)")
     net = Network(g).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
+        head, tail = net.head.conv.weight, net.tail.conv.weight
         for c in range(3):
-            net.head.conv.weight[c, c] = 1.0
-            net.tail.conv.weight[c, c] = gain
+            head[c, c, head.shape[2] // 2, head.shape[3] // 2] = 1.0
+            tail[c, c, tail.shape[2] // 2, tail.shape[3] // 2] = gain
             for dy in range(2):
                 for dx in range(2):
                     net.down1.weight[4 * c + 2 * dy + dx, c, dy, dx] = 1.0

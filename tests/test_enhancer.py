@@ -212,3 +212,27 @@ def test_gstreamer_then_cpp_exceptions_do_not_abort(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "exported" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_ros2_example_conversions(enhancer):
+    """examples/ros2_enhance_node.py without ROS: its Image ↔ array helpers with stand-in messages."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "ros2_enhance_node.py"
+    spec = importlib.util.spec_from_file_location("ros2_enhance_node", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # imports no rclpy at module level
+    rgb = frame(6, 5, seed=7)
+    padded = np.zeros((6, 5 * 3 + 3), np.uint8)  # rows padded to a step of 18 bytes
+    padded[:, :15] = rgb[:, :, ::-1].reshape(6, 15)
+    msg = SimpleNamespace(header="hdr", height=6, width=5, step=18, encoding="bgr8", data=padded.tobytes())
+    img, bgr = mod.image_to_array(msg)
+    assert bgr and np.array_equal(img[:, :, ::-1], rgb)
+    out = mod.array_to_image(enhancer.enhance(img, bgr=True), msg, SimpleNamespace)
+    assert (out.header, out.height, out.width, out.step, out.encoding) == ("hdr", 6, 5, 15, "bgr8")
+    back = np.frombuffer(out.data, np.uint8).reshape(6, 5, 3)
+    np.testing.assert_array_equal(back[:, :, ::-1], enhancer.enhance(rgb))
+    with pytest.raises(ValueError, match="mono8"):
+        mod.image_to_array(SimpleNamespace(encoding="mono8"))
