@@ -5,8 +5,9 @@
 
 What is timed: sender → decoded RGB frame in our process. A sender process (BlueOS emulation:
 ``tests/streams.RtpSender``, PyAV/libx264 ultrafast+zerolatency, RTP payload 96, frames stamped
-with their index in pixel blocks) prints, for every frame, ``time.monotonic()`` right after its
-last packet left; the receiver reads the stamp back from the decoded picture and subtracts
+with their index in pixel blocks) prints, for every frame, ``time.monotonic()`` read just before
+its last packet is sent (read after, a sender descheduled by a busy machine would make some
+latencies negative); the receiver reads the stamp back from the decoded picture and subtracts
 (CLOCK_MONOTONIC is one clock for every process of the machine). So the figure covers the
 network stack, depacketizing, any buffering, decoding and the conversion to RGB, not the encoder.
 

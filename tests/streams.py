@@ -12,7 +12,7 @@ itself). Everything talks to 127.0.0.1 on ephemeral ports and stops by itself.
 - :class:`RtpSender`: BlueOS emulation: H.264 RTP (payload 96) to 127.0.0.1:PORT at ``fps`` from a
   thread, stamped frames, with ``pause()``/``resume()`` (the source goes silent and returns),
   ``stop()``, fault injection (``inject_garbage``, ``truncate_fragments``, ``drop_packets``) and
-  ``sent`` (frame index → monotonic time its last packet left).
+  ``sent`` (frame index → monotonic time just before its last packet was sent).
 - :class:`RtspServer`: Blueye emulation: gst-rtsp-server serving ``/test`` on 127.0.0.1 (the
   vehicle's ``rtsp://192.168.1.101:8554/test``), ``stop()`` (clients are dropped: the server goes
   away) and ``start()`` again on the same port.
@@ -165,7 +165,7 @@ class RtpSender:
     fragment) or with one (a lost packet).
 
     Attributes:
-        sent: frame index → ``time.monotonic()`` after its last packet was sent.
+        sent: frame index → ``time.monotonic()`` just before its last packet was sent.
         frames_sent: frames sent so far. ``packets_sent``: RTP packets sent.
     """
 
@@ -279,8 +279,7 @@ class RtpSender:
                 for p in st.encode(vf):
                     key = key or p.is_keyframe
                     out.mux(p)
-                self._send(sink.packets, key)
-                self.sent[i] = time.monotonic()
+                self.sent[i] = self._send(sink.packets, key)
                 if key:
                     self.keyframes.append(i)
                 self.frames_sent += 1
@@ -289,7 +288,7 @@ class RtpSender:
         except BaseException as e:  # surfaced by the tests through .error
             self.error = e
 
-    def _send(self, packets: list[bytes], key: bool) -> None:
+    def _send(self, packets: list[bytes], key: bool) -> float:
         rtp = [bytearray(p) for p in packets if not 200 <= p[1] <= 204]  # RTCP is not part of the emulation
         with self._lock:
             garbage, self._garbage = self._garbage, 0
@@ -314,13 +313,18 @@ class RtpSender:
         drop_at = len(rtp) // 2 if fault == "drop" else None
         if drop_at is not None:
             self.faults_applied += 1
+        t_last = time.monotonic()
         for k, p in enumerate(rtp):
             p[2:4] = self._seq.to_bytes(2, "big")
             self._seq = (self._seq + 1) & 0xFFFF
             if k == drop_at:
                 continue  # lost in transit: its sequence number is used, the packet never arrives
+            # Read the clock before the send: the receiver cannot have the packet earlier, so a
+            # latency measured from here is never negative, whatever the scheduler does next.
+            t_last = time.monotonic()
             self._sock.sendto(bytes(p), (self.host, self.port))
             self.packets_sent += 1
+        return t_last
 
 
     def _fu_end(self, p: bytearray) -> bool:
@@ -462,7 +466,9 @@ class StreamReceiver:
         if self.url.endswith(".sdp"):
             kwargs.update(format="sdp", options={"protocol_whitelist": "file,udp,rtp", "reorder_queue_size": "0"})
         elif self.url.startswith("udp://"):
-            kwargs.update(format="mpegts", options={"overrun_nonfatal": "1"})
+            sep = "&" if "?" in self.url else "?"
+            self.url += f"{sep}overrun_nonfatal=1&buffer_size=4194304&fifo_size=100000"
+            kwargs.update(format="mpegts")
         elif self.url.startswith("rtsp://"):
             kwargs.update(options={"rtsp_transport": "tcp"})
         return av.open(self.url, **kwargs)
