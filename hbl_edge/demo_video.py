@@ -90,9 +90,12 @@ def write_demo_video(out: str | Path, bundle: str | Path, task: str, console: An
         final = pipe.run()
     seconds = len(frames) / FPS
     console.print(f"  video             {result}  (input | enhanced, {len(frames)} frames, {seconds:.0f} s, "
-                  f"{final['fps']['out_avg']:.0f} fps through the stream pipeline)")
-    console.print(f"  live preview      hbl-edge stream {clip} --model {bundle} --input-loop -1 --preview 8080\n"
-                  "                    then open http://127.0.0.1:8080/ (raw | enhanced, FPS, latency; Ctrl-C stops)")
+                  f"{final['fps']['out_avg']:.0f} fps through the stream pipeline)", soft_wrap=True, highlight=False)
+    # soft_wrap: the command must stay on one line to be copied
+    console.print(f"  live preview      hbl-edge stream {clip} --model {bundle} --input-loop -1 --preview 8080",
+                  soft_wrap=True, highlight=False)
+    console.print("                    then open http://127.0.0.1:8080/ (raw | enhanced, FPS, latency; Ctrl-C stops)",
+                  soft_wrap=True, highlight=False)
     return {"input": str(clip), "before_after": str(result), "frames": len(frames), "fps": FPS}
 
 

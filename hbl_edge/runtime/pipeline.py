@@ -383,6 +383,7 @@ class Pipeline:
                 self._started_sinks.append(sink)
             if self.preview is not None:
                 self.preview.stats = self.stats.snapshot
+                self.preview.state = lambda: self.stats.state
                 self.preview.start()
         except BaseException:
             self._close_everything()

@@ -118,6 +118,8 @@ class Preview:
                  quality: int = 80) -> None:
         self.host, self.requested_port = parse_preview(spec)
         self.stats = stats or (lambda: {})
+        #: optional cheap ``() -> state`` ("running", "waiting", …); the pipeline sets it
+        self.state: Callable[[], str] | None = None
         self.max_fps = max_fps
         self.quality = quality
         self.channels = {"raw": _Channel(), "enhanced": _Channel()}
@@ -185,7 +187,8 @@ class Preview:
 
     # -- what the streams show ------------------------------------------------------------
     def _source_down(self) -> bool:
-        state = self.stats().get("state")
+        # Called for every frame of every viewer: the cheap state getter when the pipeline gave one.
+        state = self.state() if self.state is not None else self.stats().get("state")
         return state in ("waiting", "starting")
 
     def _frame_for(self, name: str) -> tuple[int, bytes] | None:
