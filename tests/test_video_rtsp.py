@@ -180,3 +180,24 @@ def test_without_gstreamer_the_errors_say_what_to_install(tmp_path):
     for line in errors:
         assert "apt-get install" in line and "gir1.2-gst-rtsp-server-1.0" in line and 'pygobject<3.51' in line
     assert lines[-2:] == ["AUTO pyav", "AUTO packets"]
+
+
+@requires_rtsp_server
+def test_without_pyav_rtp_falls_back_to_gstreamer_and_files_say_what_to_install(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["av"] = None
+        from hbl_edge.runtime.video import StreamError, open_source
+        print("AUTO", open_source("rtp://127.0.0.1:5600").describe()["receiver"])
+        try:
+            open_source({str(tmp_path / 'x.mp4')!r}).open()
+        except StreamError as e:
+            print("ERR", e)
+    """)
+    (tmp_path / "x.mp4").write_bytes(b"0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.splitlines() == [
+        "AUTO gstreamer",
+        f"ERR video file {tmp_path / 'x.mp4'} needs PyAV, which is not installed: install PyAV (pip install av, "
+        "or pip install 'hbl-edge[video]')"], out.stderr

@@ -349,11 +349,18 @@ def pick_receiver(name: str) -> str:
     """``auto`` → the first installed receiver of :data:`AUTO_ORDER`; others are taken as asked."""
     if name != "auto":
         return name
+    try:
+        import av  # noqa: F401
+        have_av = True
+    except ImportError:
+        have_av = False
     for candidate in AUTO_ORDER:
         if candidate == "gstreamer" and not gst_available("udpsrc", "rtph264depay", "avdec_h264", "appsink"):
             continue
+        if candidate != "gstreamer" and not have_av:
+            continue
         return candidate
-    return "packets"
+    return "packets"  # nothing installed: its open() says to install PyAV
 
 
 def rtp_source(uri: Uri, options: VideoOptions) -> Any:

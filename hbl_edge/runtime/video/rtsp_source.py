@@ -172,7 +172,7 @@ def pick_receiver(name: str, codec: str = "h264") -> str:
         if candidate == "gstreamer" and not gst_available("rtspsrc", *dec, "appsink"):
             continue
         return candidate
-    return "pyav"
+    return "pyav"  # its open() says to install PyAV when it is missing too
 
 
 def rtsp_source(uri: Uri, options: VideoOptions) -> Any:
