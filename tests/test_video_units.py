@@ -69,7 +69,7 @@ class TestParseRtp:
         assert parse_rtp(sr) is False
         assert parse_rtp(b"\x00garbage, not rtp") is None
         assert parse_rtp(b"\x80\x60") is None  # too short
-        assert parse_rtp(rtp(1, 0, b"") ) is None  # no payload
+        assert parse_rtp(rtp(1, 0, b"")) is None  # no payload
 
 
 class TestDepacketizerH264:
@@ -84,7 +84,7 @@ class TestDepacketizerH264:
     def test_single_nal_units_and_marker(self):
         d = Depacketizer("h264")
         key_unit(d, 0, 0)
-        units = d.push(rtp(4, 3000, SLICE[:30])) + d.push(rtp(5, 3000, SLICE[30:].replace(b"", b"", 0), marker=True))
+        units = d.push(rtp(4, 3000, SLICE[:30])) + d.push(rtp(5, 3000, SLICE[30:], marker=True))
         assert [u.data for u in units] == [SC + SLICE[:30] + SC + SLICE[30:]]
         assert not units[0].keyframe
 

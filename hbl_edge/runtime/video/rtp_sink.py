@@ -12,7 +12,7 @@ FU-A, 1400-byte packets) into a Python file object whose every write is one pack
 our own UDP socket: that socket never fails because the receiver is not there yet, and RTCP
 sender reports go to PORT+1 as the RTP convention (and ffmpeg's ``rtp://``) has it.
 
-The SDP is written when the sink starts (``--sdp`` / ``options.sdp_path``; default
+The SDP is written when the sink starts (``--sdp``/``options.sdp_path``, or ``?sdp=PATH``; default
 ``rtp-HOST-PORT.sdp`` in the current folder) and rewritten with the parameter sets once the first
 keyframe is encoded.
 """
@@ -131,7 +131,7 @@ class RtpSink:
                 tmp.write_text(text)
         except OSError as e:
             raise StreamError(f"{self.what}: cannot write the SDP file {self.sdp_path} ({e.strerror}); "
-                              f"give another place with --sdp") from None
+                              f"give another place with --sdp PATH") from None
 
     def _send(self, data: bytes) -> None:
         rtcp = len(data) > 1 and 200 <= data[1] <= 204
