@@ -21,7 +21,6 @@ ONNX models run any size.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any, Callable, Sequence
 
@@ -191,12 +190,6 @@ class PassThrough:
 
     def close(self) -> None:
         pass
-
-
-def default_threads() -> int | None:
-    """Leave a core to decode/encode on small machines: ``--threads`` default for the stream command."""
-    n = os.cpu_count() or 1
-    return None if n > 4 else max(1, n - 1) if n > 2 else n
 
 
 __all__ = ["Enhancer", "PassThrough", "to_chw", "to_hwc_uint8"]
