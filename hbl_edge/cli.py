@@ -421,6 +421,121 @@ def bench(
 
 @app.command()
 @user_errors
+def stream(
+    source: str = typer.Argument(..., metavar="INPUT", help=(
+        "video file or file://, image folder or glob, rtp://@:PORT (H.264 RTP, BlueOS: rtp://@:5600), an .sdp file, "
+        "rtsp://HOST:PORT/PATH, udp://@:PORT (MPEG-TS), /dev/videoN or v4l2://, csi://N")),
+    outputs: Optional[List[str]] = typer.Argument(None, metavar="[OUTPUT]...", help=(
+        "any number of: video file (.mp4/.mkv), image folder, rtp://HOST:PORT (+ an .sdp beside it), "
+        "udp://HOST:PORT (MPEG-TS), rtsp://@:PORT/NAME (served), display://0")),
+    model: Path = typer.Option(..., "--model", "-m", help="a bundle, its export/ folder, or a copy of that folder"),
+    backend: str = typer.Option("auto", help="auto | trt | trt-rtx | ort | torch"),
+    fp16: bool = typer.Option(False, "--fp16", help="the FP16 model/engine when there is one"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads of the backend"),
+    input_codec: str = typer.Option("h264", help="RTP payload codec: h264 | h265"),
+    input_width: Optional[int] = typer.Option(None, help="ask the camera for / resize frames to this width"),
+    input_height: Optional[int] = typer.Option(None, help="ask the camera for / resize frames to this height"),
+    input_rate: Optional[float] = typer.Option(None, help="frames per second to ask for / keep"),
+    input_latency: int = typer.Option(0, help="RTSP jitter buffer, ms"),
+    input_loop: int = typer.Option(0, help="file inputs: 0 play once, N more times, -1 forever"),
+    input_flip: str = typer.Option("none", help="none | horizontal | vertical | rotate-180"),
+    input_transport: str = typer.Option("tcp", help="RTSP transport: tcp | udp"),
+    input_timeout: float = typer.Option(2.0, help="seconds of silence after which a live input counts as lost (then reconnect)"),
+    input_receiver: str = typer.Option("auto", help="RTP/RTSP receive path: auto | packets | gstreamer | pyav (docs/runtime.md)"),
+    output_codec: str = typer.Option("h264", help="encoded outputs: h264 | h265"),
+    bitrate: int = typer.Option(4_000_000, help="encoded outputs: target bitrate in bits per second"),
+    keyframe_interval: float = typer.Option(1.0, help="encoded outputs: at least one keyframe (SPS/PPS repeated) per this many seconds"),
+    headless: bool = typer.Option(False, "--headless", help="open no display window"),
+    sdp: Optional[Path] = typer.Option(None, help="where an rtp:// output writes its SDP file (default: rtp-HOST-PORT.sdp here)"),
+    preview: Optional[str] = typer.Option(None, help="[HOST:]PORT: serve a live page (raw | enhanced, FPS, latency); binds 127.0.0.1 unless HOST is given"),
+    stats_json: Optional[Path] = typer.Option(None, help="write the stats (latency p50/p99, FPS, drops, gaps) here, every second and at exit"),
+    temporal: bool = typer.Option(False, "--temporal", help="remove flicker on static scenes (motion-gated smoothing)"),
+    duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+    frames: Optional[int] = typer.Option(None, help="stop after this many enhanced frames"),
+) -> None:
+    """Enhance live video or a file into any number of outputs (Ctrl-C drains, closes every output, exits 0)."""
+    from .runtime.enhancer import Enhancer
+    from .runtime.pipeline import Pipeline, PipelineConfig
+    from .runtime.video import VideoOptions, open_sink, open_source
+
+    opts = VideoOptions(
+        width=input_width, height=input_height, rate=input_rate, codec=input_codec, latency_ms=input_latency,
+        loop=input_loop, flip=input_flip, transport=input_transport, timeout_s=input_timeout, output_codec=output_codec,
+        bitrate_kbps=max(1, bitrate // 1000), keyframe_interval_s=keyframe_interval, headless=headless,
+        receiver=input_receiver, sdp_path=str(sdp) if sdp else None,
+    )
+    config = PipelineConfig(temporal=temporal, duration_s=duration, max_frames=frames, stats_json=stats_json)
+    src = open_source(source, opts)  # URIs and options are checked before the model loads
+    sinks = [open_sink(o, opts) for o in outputs or []]
+    pv = None
+    if preview is not None:
+        from .runtime.preview import Preview
+
+        pv = Preview(preview)
+    enhancer = Enhancer(model, backend, threads=threads, fp16=fp16)
+    try:
+        live_line = _StreamLine(err_console)
+        pipe = Pipeline(src, sinks, enhancer, config, preview=pv, on_tick=live_line.update)
+        pipe.prepare()  # opens the input, starts every output and the preview: bad arguments end here
+        info = enhancer.describe()
+        err_console.print(f"streaming {source} → {', '.join(outputs or []) or '(no outputs)'} with {info.get('model')} "
+                          f"({info.get('backend')})" + (f"; preview at {pv.url}" if pv is not None else ""),
+                          highlight=False, soft_wrap=True)
+        with live_line:
+            final = pipe.run()
+    finally:
+        enhancer.close()
+    f, g = final["frames"], final["gaps"]
+    lat = final["latency_ms"]
+    glass = lat.get("glass") or lat.get("infer")
+    console.print(
+        f"[green]done[/]: {f['out']} frames enhanced ({final['fps']['out_avg']:.1f} fps), {f['dropped']} dropped, "
+        f"{f['corrupt']} corrupt"
+        + (f", {g['count']} source gap(s) ({g['total_s']:.1f} s)" if g["count"] else "")
+        + (f"; {'glass-to-glass' if lat.get('glass') else 'inference'} p50 {glass['p50']:.1f} ms, p99 {glass['p99']:.1f} ms" if glass else "")
+        + "".join(f"; output {n} failed: {s['failed']}" for n, s in final["sinks"].items() if s["failed"])
+        + (f"; stats: {stats_json}" if stats_json else ""), highlight=False, soft_wrap=True)
+
+
+class _StreamLine:
+    """The live stats line on stderr (rich Live on a terminal; a plain line every 10 s otherwise)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._live = None
+        self._last_plain = 0.0
+
+    def __enter__(self) -> "_StreamLine":
+        if self.console.is_terminal:
+            from rich.live import Live
+            from rich.text import Text
+
+            self._live = Live(Text("starting …"), console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def update(self, snapshot: dict) -> None:
+        import time
+
+        from .runtime.stats import format_line
+
+        line = format_line(snapshot)
+        if self._live is not None:
+            from rich.text import Text
+
+            self._live.update(Text(line))
+        elif time.monotonic() - self._last_plain >= 10.0:
+            self._last_plain = time.monotonic()
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
 def search(
     task: str = typer.Option("lowlight", help="lowlight | dehaze | underwater"),
     data: str = typer.Option("embedded", help="'embedded' or a dataset folder"),
