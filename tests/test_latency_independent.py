@@ -129,3 +129,16 @@ def test_ort_runner_allow_spinning(tmp_path, spinning, want):
             assert opts.get_session_config_entry("session.intra_op.allow_spinning") == want
         out = r.run(np.zeros((1, 3, 14, 18), dtype=np.float32))
         assert out.shape == (1, 3, 14, 18)
+
+
+def test_bench_isolated_table_uses_the_one_block_graphs():
+    from latency_fixtures import synthetic_table
+
+    bench = _bench()
+    t = synthetic_table()
+    t.settings = {"call_overhead_ms": 0.05}
+    t.entries[0]["chain_ms"] = [2.0, 5.0]
+    t.calibration = {"scale": 2.0, "offset_ms": 1.0}
+    iso = bench.isolated_table(t)
+    assert iso.entries[0]["ms"] == pytest.approx(1.95) and iso.calibration is None
+    assert [e["ms"] for e in iso.entries[1:]] == [e["ms"] for e in t.entries[1:]]
