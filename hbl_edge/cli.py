@@ -636,13 +636,17 @@ def profile(
     resolution: str = typer.Option("1280x720", help="WxH"),
     space: str = typer.Option("paper", help="search space to profile"),
     channels: str = typer.Option("16,32", help="C1,C2"),
-    units: int = typer.Option(7, help="HNUs (for the fixed part)"),
+    units: int = typer.Option(7, help="HNUs (for the fixed part and the calibration networks)"),
     out: Path = typer.Option(Path("latency.json"), help="where to write the table"),
-    repeats: int = typer.Option(20),
-    warmup: int = typer.Option(3),
+    repeats: int = typer.Option(15, help="timed consecutive runs per graph and round"),
+    warmup: int = typer.Option(3, help="untimed runs before each block of timed runs"),
+    rounds: int = typer.Option(2, help="rounds over all graphs (every other one reversed)"),
     dtype: str = typer.Option("float32", help="float32 | float16"),
-    threads: Optional[int] = typer.Option(None),
-    calibrate: int = typer.Option(0, help="fit a calibration on N random whole networks (recommended: 15)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads of the deployed runner (default: the backend's, as OrtRunner)"),
+    allow_spinning: Optional[bool] = typer.Option(
+        None, "--allow-spinning/--no-allow-spinning",
+        help="onnxruntime intra-op spinning of the deployed runner (default: onnxruntime's, on)"),
+    calibrate: int = typer.Option(15, help="fit the whole-network model on N calibration networks (0: none)"),
     estimate: bool = typer.Option(False, help="write a roofline estimate from published specs instead of measuring"),
 ) -> None:
     """Measure the latency of every op of a space on this machine (the table the search uses)."""
@@ -666,8 +670,18 @@ def profile(
                 prog.update(bars[phase], completed=done, total=total)
 
             table = run_profile(device, backend, res, space, chans, out=out, repeats=repeats, warmup=warmup,
-                                dtype=dtype, threads=threads, units=units, calibrate=calibrate, progress=on_progress)
+                                rounds=rounds, dtype=dtype, threads=threads, allow_spinning=allow_spinning,
+                                units=units, calibrate=calibrate, progress=on_progress)
     console.print(f"[green]wrote[/] {out}: {len(table.entries)} op entries; {table.label}")
+    noisy = (table.settings or {}).get("noisy")
+    if noisy:
+        console.print(f"[yellow]{noisy} graph(s) stayed noisy (runs spread > 15 %): the machine was busy; "
+                      "profile again on a quieter machine for a steadier table[/]")
+    cal = table.calibration
+    if cal:
+        loo = (cal.get("loo") or {}).get("rel_rmse_pct")
+        check = f", leave-one-out error {loo:.1f} % rms" if loo is not None else ""
+        console.print(f"whole-network model: {cal['kind']} fit on {cal['n']} networks{check}")
 
 
 genotype_app = typer.Typer(help="Inspect and validate genotypes.", no_args_is_help=True)
@@ -695,6 +709,21 @@ def genotype_list() -> None:
 
     for name, g in NAMED_GENOTYPES.items():
         console.print(f"{name}: {g.summary()}")
+
+
+@genotype_app.command("latency")
+@user_errors
+def genotype_latency(
+    spec: str = typer.Argument(..., help="built-in name or genotype.json path"),
+    latency_table: Path = typer.Option(..., "--latency-table", help="a table from `hbl-edge profile` (or --estimate)"),
+) -> None:
+    """Print the predicted whole-network latency of a genotype as JSON (check it against your own timing loop)."""
+    import json
+
+    from .search.latency import LatencyModel
+
+    model = LatencyModel(latency_table)
+    print(json.dumps(model.describe(spec), indent=2))
 
 
 def main() -> None:

@@ -38,6 +38,9 @@ class SearchConfig:
     latency_form: str = "multiplicative"
     latency_mu: float = 0.1  # additive: L + μ·LAT/T
     latency_beta: float = 0.2  # multiplicative: L·(LAT/T)^β; hinge: L·max(1, LAT/T)^β
+    # the deployed runner's settings, profiled and measured with (None: onnxruntime's defaults, as OrtRunner)
+    latency_threads: int | None = None
+    latency_spinning: bool | None = None
     # bilevel optimisation (DESIGN §5)
     order: str = "second"
     objective: str = "critic"  # stage L upper objective: critic | fidelity (docs/benchmarks.md)
@@ -93,6 +96,8 @@ class SearchConfig:
         for name in ("steps_l", "steps_a", "steps_t", "ckpt_every", "critic_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
+        if self.latency_threads is not None and self.latency_threads < 1:
+            raise ConfigError(f"latency_threads must be ≥ 1 (or None for the runtime's default), got {self.latency_threads}")
         if len(self.resolution) != 2 or min(self.resolution) < 4:
             raise ConfigError(f"--resolution must be WxH with sides ≥ 4, got {self.resolution}")
 
