@@ -31,9 +31,10 @@ import json
 import logging
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import kornia
 import torch
@@ -484,6 +485,7 @@ def vgg_loss(
     net: VGG19Features,
     taps: Sequence[str] | None = None,
     tap_logits: torch.Tensor | None = None,
+    target_features: Callable[[Callable[[], dict[int, torch.Tensor]], tuple[int, ...]], dict[int, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     r"""L1 distance between VGG19 feature maps of ``pred`` and ``target``.
 
@@ -499,7 +501,8 @@ def vgg_loss(
     .. math:: \mathcal L = \frac{1}{5}\sum_b \sum_j \operatorname{softmax}_j(\alpha_{b})\,
               \operatorname{mean}|\phi_{bj}(\hat y) - \phi_{bj}(y)|
 
-    The target's features are computed without grad.
+    The target's features are computed without grad (``target_features(compute, indices)``,
+    when given, may return them from a cache instead of calling ``compute()``).
 
     Args:
         pred, target: :math:`(N, 3, H, W)` in ``[0, 1]``, H and W ≥ 16 for the deepest block.
@@ -508,18 +511,24 @@ def vgg_loss(
         Johnson et al., "Perceptual Losses for Real-Time Style Transfer and Super-Resolution", ECCV 2016.
     """
     _check_pair(pred, target, rgb=True)
+
+    def features_of_target(idx: list[int]) -> dict[int, torch.Tensor]:
+        def compute() -> dict[int, torch.Tensor]:
+            with torch.no_grad():
+                return net(target, idx)
+
+        return compute() if target_features is None else target_features(compute, tuple(idx))
+
     if tap_logits is None:
         names = _resolve_taps(taps)
         idx = [VGG_TAP_INDEX[n] for n in names]
         fp = net(pred, idx)
-        with torch.no_grad():
-            ft = net(target, idx)
+        ft = features_of_target(idx)
         return torch.stack([(fp[i] - ft[i]).abs().mean() for i in idx]).mean()
     weights = vgg_tap_weights(tap_logits)
     idx = [i for block in VGG_TAPS for _, i in block]
     fp = net(pred, idx)
-    with torch.no_grad():
-        ft = net(target, idx)
+    ft = features_of_target(idx)
     per_block = []
     for b, block in enumerate(VGG_TAPS):
         d = torch.stack([(fp[i] - ft[i]).abs().mean() for _, i in block])
@@ -527,12 +536,47 @@ def vgg_loss(
     return torch.stack(per_block).mean()
 
 
+class TargetFeatureCache:
+    """The frozen network's features of the last few targets, so passes over one batch
+    compute them once.
+
+    A second-order search step evaluates the loss five times, four of them on the same target
+    tensor (the virtual step, the two finite-difference points and the lower step): the
+    target's VGG/LPIPS features are the same each time. Entries are keyed by the tensor object
+    itself (a weak reference: a freed tensor whose memory is reused never matches), its
+    version counter (an in-place change invalidates) and the requested taps; a target that
+    requires grad is never cached (its features must stay in the graph).
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._entries: list[tuple[Any, int, Any, Any]] = []
+
+    def get(self, target: torch.Tensor, key: Any, compute: Callable[[], Any]) -> Any:
+        if target.requires_grad:
+            return compute()
+        for ref, version, k, value in self._entries:
+            if ref() is target and version == target._version and k == key:
+                return value
+        value = compute()
+        live = [e for e in self._entries if e[0]() is not None][-(self.size - 1):] if self.size > 1 else []
+        self._entries = [*live, (weakref.ref(target), target._version, key, value)]
+        return value
+
+    def clear(self) -> None:
+        self._entries = []
+
+
 class VGGLoss(nn.Module):
-    """Module form of :func:`vgg_loss`; ``search_taps=True`` adds learnable ``tap_logits`` (5×4, zeros)."""
+    """Module form of :func:`vgg_loss`; ``search_taps=True`` adds learnable ``tap_logits`` (5×4, zeros).
+
+    The target's features are cached (:class:`TargetFeatureCache`) across calls on the same
+    target tensor."""
 
     def __init__(self, net: VGG19Features, taps: Sequence[str] | None = None, search_taps: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.cache = TargetFeatureCache()
         self.taps = _resolve_taps(taps)
         self.tap_logits: nn.Parameter | None = (
             nn.Parameter(torch.zeros(VGG_N_BLOCKS, VGG_TAPS_PER_BLOCK)) if search_taps else None
@@ -546,7 +590,8 @@ class VGGLoss(nn.Module):
         return tuple(VGG_TAPS[b][int(w[b].argmax())][0] for b in range(VGG_N_BLOCKS))
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return vgg_loss(pred, target, self.net, self.taps, self.tap_logits)
+        return vgg_loss(pred, target, self.net, self.taps, self.tap_logits,
+                        target_features=lambda compute, idx: self.cache.get(target, idx, compute))
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,12 +728,19 @@ class LPIPS(nn.Module):
                 out.append(h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10))
         return out
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x0: torch.Tensor,
+                x0_features: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+        """``x0_features``: :meth:`tap_features` of ``x0``, when the caller has them already."""
         _check_pair(x, x0, rgb=True)
         d = x.new_zeros(x.shape[0])
-        for head, f, f0 in zip(self.heads, self._feats(x), self._feats(x0)):
+        f0s = self._feats(x0) if x0_features is None else x0_features
+        for head, f, f0 in zip(self.heads, self._feats(x), f0s):
             d = d + head((f - f0).pow(2)).mean(dim=(1, 2, 3))
         return d
+
+    def tap_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The normalised tap features of ``x`` (what :meth:`forward` compares)."""
+        return self._feats(x)
 
     def extra_repr(self) -> str:
         return f"net={self.net!r}"
@@ -748,14 +800,21 @@ def lpips_distance(pred: torch.Tensor, target: torch.Tensor, net: LPIPS) -> torc
 
 
 class LPIPSLoss(nn.Module):
-    """Module form of :func:`lpips_distance`."""
+    """Module form of :func:`lpips_distance`; the target's features are cached across calls on
+    the same target tensor (:class:`TargetFeatureCache`)."""
 
     def __init__(self, net: LPIPS) -> None:
         super().__init__()
         self.net = net
+        self.cache = TargetFeatureCache()
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return lpips_distance(pred, target, self.net)
+        def compute() -> list[torch.Tensor]:
+            with torch.no_grad():
+                return self.net.tap_features(target)
+
+        f0 = None if target.requires_grad else self.cache.get(target, "lpips", compute)
+        return self.net(pred, target, x0_features=f0).mean()
 
 
 # --------------------------------------------------------------------------------------------

@@ -541,3 +541,46 @@ class TestLPIPSAlex:
         total.backward()
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
         assert not any(q.requires_grad for q in loss.terms["lpips"].parameters())
+
+
+class TestTargetFeatureCache:
+    def test_same_target_computed_once_values_unchanged(self, vgg_net, alex_file):
+        calls = {"n": 0}
+        cache = L.TargetFeatureCache()
+        t = torch.rand(1, 3, 8, 8)
+
+        def compute():
+            calls["n"] += 1
+            return t.sum()
+
+        assert cache.get(t, "k", compute) == cache.get(t, "k", compute) and calls["n"] == 1
+        cache.get(t, "other", compute)  # another key: computed
+        assert calls["n"] == 2
+        t.add_(1.0)  # an in-place change invalidates
+        cache.get(t, "k", compute)
+        assert calls["n"] == 3
+        u = t.clone()  # an equal tensor that is another object: computed
+        cache.get(u, "k", compute)
+        assert calls["n"] == 4
+        g = torch.rand(1, 3, 8, 8, requires_grad=True)  # never cached
+        cache.get(g, "k", compute)
+        cache.get(g, "k", compute)
+        assert calls["n"] == 6
+
+    @pytest.mark.parametrize("term", ["vgg", "lpips"])
+    def test_cached_loss_equals_uncached_and_keeps_pred_gradient(self, term, vgg_files, alex_file):
+        loss = L.build_loss(term, vgg_weights=vgg_files / "vgg19.pth", lpips_weights=alex_file)
+        module = loss.terms[term]
+        p = torch.rand(2, 3, 48, 48, requires_grad=True)
+        t = torch.rand(2, 3, 48, 48)
+        first = module(p, t)
+        (g1,) = torch.autograd.grad(first, p)
+        second = module(p, t)  # from the cache
+        (g2,) = torch.autograd.grad(second, p)
+        assert torch.equal(first, second) and torch.equal(g1, g2)
+        assert len(module.cache._entries) == 1
+        fresh = L.build_loss(term, vgg_weights=vgg_files / "vgg19.pth", lpips_weights=alex_file).terms[term]
+        torch.testing.assert_close(fresh(p, t), first)
+        del t  # a dead target never matches a new tensor at the same address
+        t2 = torch.rand(2, 3, 48, 48)
+        torch.testing.assert_close(module(p, t2), fresh(p, t2))
