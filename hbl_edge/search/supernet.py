@@ -7,10 +7,13 @@ Every searched edge e computes
     \bar o_e(x) = \sum_{o \in \mathcal O_e} \mathrm{softmax}(\alpha_e)_o \; o(x),
 
 over its space (``space.hnu`` on the 8 edges of each HNU, ``space.fcm`` on the 9 encoder
-and 9 decoder edges). On HNU edges each candidate is followed by its own
-BatchNorm(affine=False), as in DARTS, so that a one-hot α reproduces the final network's
-``BranchNorm(op)`` exactly, running statistics included. Everything else (padding, up/down
-layers, residual pairs, the HNU division) is :class:`hbl_edge.network.Network`'s code.
+and 9 decoder edges). HNU edges are normalised by BatchNorm(affine=False): once per edge,
+after the mixture (``hnu_norm="edge"``, the reference code's choice and the default), or once
+per candidate before it (``"candidate"``, as DARTS); either way a one-hot α reproduces the
+final network's ``BranchNorm(op)`` exactly, running statistics included. Each edge evaluates
+its linear candidates as one mixed-kernel convolution (:class:`MixedOp`). Everything else
+(padding, up/down layers, residual pairs, the HNU division) is
+:class:`hbl_edge.network.Network`'s code.
 
 The architecture logits are registered parameters, so checkpoints hold them:
 
