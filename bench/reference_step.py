@@ -413,6 +413,7 @@ def table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-dir", type=Path, help="a scratch copy of zhudear/HBLALS_pytorch")
+    ap.add_argument("--reference-commit", help="the copy's commit, recorded in the JSON when the copy has no .git")
     ap.add_argument("--configs", default="weightfree,perceptual")
     ap.add_argument("--orders", default="second,first")
     ap.add_argument("--variants", default="ours", help=f"our variants, comma list of: {', '.join(VARIANTS)}")
@@ -449,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"== {config} / {order}: {impls}", flush=True)
                 results[f"{config}/{order}"] = run_pair(config, order, impls, args, files_json)
                 print(table({f"{config}/{order}": results[f"{config}/{order}"]}), flush=True)
-    ref_commit = None
-    if args.reference_dir:
+    ref_commit = args.reference_commit
+    if args.reference_dir and not ref_commit:
         head = subprocess.run(["git", "-C", str(args.reference_dir), "rev-parse", "HEAD"], capture_output=True, text=True)
         ref_commit = head.stdout.strip() or None
     doc = {

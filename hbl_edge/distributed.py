@@ -29,6 +29,7 @@ raised on rank 0 is re-raised on every rank, so all of them exit with the same m
 
 Example (single process: every method is the identity or a no-op)::
 
+    >>> import torch
     >>> ctx = init_from_env()   # no torchrun environment here
     >>> ctx.enabled, ctx.world_size, ctx.is_main
     (False, 1, True)

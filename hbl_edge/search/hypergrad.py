@@ -71,6 +71,12 @@ BatchNorm running statistics: pass those buffers as ``restore`` to leave no trac
 Applying the result is left to the caller (:func:`apply_hypergradient` is the two-line
 helper), because the stages post-process it (λ is projected onto λ ≥ 0 after the step).
 
+**Data parallelism.** ``reduce`` (e.g. the average over torchrun ranks) is applied to every
+gradient the engine computes before it is used, so N processes on N batch slices compute the
+hypergradient of the whole batch (:mod:`hbl_edge.distributed`). **Memory.** The second order
+writes w' and w ± εv into the parameters in place and restores them from one snapshot, so it
+holds the weights twice (plus v), never a copy per evaluation point.
+
 Example::
 
     >>> import torch

@@ -14,6 +14,11 @@ so a resumed run sees the batches an uninterrupted one would.
   the rescaling the search could "improve" by inflating every λ.
 - Stage A: λ* frozen; upper objective the λ*-weighted loss on the val split combined with the
   expected latency LAT(α) (additive or multiplicative form) when a budget is given.
+
+:func:`bilevel_step` also runs data parallel (``dist``: every gradient averaged over the ranks,
+docs/distributed.md) and takes the lower step either after the upper step (``alternating``,
+DARTS) or with the virtual step's gradient (``simultaneous``, one pass fewer); :func:`place`
+puts a supernet where and how a step runs it.
 """
 
 from __future__ import annotations
