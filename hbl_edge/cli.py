@@ -95,11 +95,15 @@ def train(
     strict: bool = typer.Option(False, help="fail on unmatched or mismatched pairs instead of skipping them"),
     vgg_weights: Optional[Path] = typer.Option(None, help="local VGG19 weights (enables the vgg loss term)"),
     lpips_weights: Optional[Path] = typer.Option(None, help="local LPIPS weights (enables the lpips term)"),
+    lpips_net: Optional[str] = typer.Option(None, help="LPIPS backbone: alex | vgg (default: read off the weight file)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     out: Path = typer.Option(Path("runs/train"), help="run directory"),
     resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
 ) -> None:
-    """Train a network of a fixed genotype (stage T) and write a model bundle."""
+    """Train a network of a fixed genotype (stage T) and write a model bundle.
+
+    Data parallel under torchrun: `torchrun --nproc-per-node N -m hbl_edge train ...` (docs/distributed.md).
+    """
     from .train import TrainConfig
 
     cfg = TrainConfig(
@@ -107,8 +111,13 @@ def train(
         crop=crop, optimizer=optimizer, lr=lr, schedule=schedule, clip=clip, val_every=val_every,
         ckpt_every=ckpt_every, seed=seed, deterministic=deterministic, strict_data=strict,
         vgg_weights=str(vgg_weights) if vgg_weights else None,
-        lpips_weights=str(lpips_weights) if lpips_weights else None, threads=threads,
+        lpips_weights=str(lpips_weights) if lpips_weights else None, lpips_net=lpips_net, threads=threads,
     )
+    if not _is_main_process():
+        from .train import train as run_train
+
+        run_train(cfg, resume=resume)
+        return
     result = _train_with_progress(cfg, resume=resume)
     if result.interrupted:
         raise typer.Exit(130)
@@ -117,6 +126,17 @@ def train(
         f"[green]done[/]: {result.out}  val PSNR {m['val_psnr']:.2f} dB (input {m['val_input_psnr']:.2f}), "
         f"SSIM {m['val_ssim']:.3f} (input {m['val_input_ssim']:.3f})"
     )
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun launch (or a plain process) draws progress and prints results;
+    the other ranks only report errors."""
+    from .distributed import env_rank
+
+    if env_rank() == 0:
+        return True
+    logging.getLogger("hbl_edge").setLevel(logging.ERROR)
+    return False
 
 
 def _train_with_progress(cfg, resume: bool = False, description: str = "train"):
@@ -132,7 +152,10 @@ def _train_with_progress(cfg, resume: bool = False, description: str = "train"):
                 last_val["v"] = f"val {rec['val_psnr']:.2f} dB"
             prog.update(bar, completed=step, status=f"loss {rec['loss']:.4f} {last_val['v']}")
 
-        return session.run(on_step)
+        result = session.run(on_step)
+    session.dist.barrier()  # under torchrun: every rank is done, leave the process group together
+    session.dist.shutdown()
+    return result
 
 
 MODEL_HELP = "model: a bundle (run directory), its export/ folder, or a copy of that folder"
@@ -549,9 +572,11 @@ def search(
     latency_mu: float = typer.Option(0.1, help="μ of the additive form"),
     resolution: str = typer.Option("1280x720", help="WxH the budget refers to"),
     space: str = typer.Option("paper", help="search space: paper | edge"),
+    hnu_norm: str = typer.Option("edge", help="HNU edges: one BatchNorm per edge (edge, the reference's) or per candidate op (candidate, DARTS)"),
     objective: str = typer.Option("critic", help="stage-L upper objective: critic | fidelity"),
     critic: Optional[Path] = typer.Option(None, help="a quality critic (safetensors) instead of training one"),
     order: str = typer.Option("second", help="hypergradient: second | first | exact"),
+    lower_step: str = typer.Option("alternating", help="lower step: alternating (after the upper step, DARTS) | simultaneous (reuses the virtual step's gradient: one pass fewer)"),
     stages: str = typer.Option("L,A,T", help="stages to run, e.g. L,A or T"),
     steps_l: int = typer.Option(200, help="stage L steps"),
     steps_a: int = typer.Option(400, help="stage A steps"),
@@ -561,11 +586,15 @@ def search(
     quick: bool = typer.Option(False, help="small supernet and few steps: a full search in minutes on a CPU"),
     vgg_weights: Optional[Path] = typer.Option(None, help="local VGG19 weights (adds the vgg term)"),
     lpips_weights: Optional[Path] = typer.Option(None, help="local LPIPS weights (adds the lpips term)"),
+    lpips_net: Optional[str] = typer.Option(None, help="LPIPS backbone: alex | vgg (default: read off the weight file)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     out: Path = typer.Option(Path("runs/search"), help="run directory"),
     resume: bool = typer.Option(False, help="continue the run in --out (same options)"),
 ) -> None:
-    """Search architecture and loss (stages L, A), then train the result (stage T)."""
+    """Search architecture and loss (stages L, A), then train the result (stage T).
+
+    Data parallel under torchrun: `torchrun --nproc-per-node N -m hbl_edge search ...` (docs/distributed.md).
+    """
     from .search.config import SearchConfig, quick_overrides
 
     cfg = SearchConfig(
@@ -576,10 +605,16 @@ def search(
         objective=objective, critic=str(critic) if critic else None, steps_l=steps_l, steps_a=steps_a,
         steps_t=steps_t, seed=seed, deterministic=deterministic, quick=quick, threads=threads,
         vgg_weights=str(vgg_weights) if vgg_weights else None, lpips_weights=str(lpips_weights) if lpips_weights else None,
+        lpips_net=lpips_net, hnu_norm=hnu_norm, lower_step=lower_step,
     )
     if quick:
         for k, v in quick_overrides().items():
             setattr(cfg, k, v)
+    if not _is_main_process():
+        from .search.driver import run_search
+
+        run_search(cfg, resume=resume)
+        return
     result = run_search_with_progress(cfg, resume=resume)
     if result.interrupted:
         raise typer.Exit(130)

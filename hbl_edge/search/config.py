@@ -9,6 +9,8 @@ from ..errors import ConfigError
 from ..ops import get_space
 from ..tasks import get_task
 from .hypergrad import ORDERS
+from .stages import LOWER_STEPS
+from .supernet import HNU_NORMS
 
 STAGES = ("L", "A", "T")
 LATENCY_FORMS = ("additive", "multiplicative", "hinge")
@@ -29,6 +31,7 @@ class SearchConfig:
     space: str = "paper"
     channels: tuple[int, int] = (16, 32)
     units: int = 7
+    hnu_norm: str = "edge"  # one BatchNorm per HNU edge (the reference's) | candidate (DARTS); docs/search.md
     # latency (DESIGN §6)
     device: str = "cpu"
     backend: str = "onnxruntime"  # how the target runs the model; measured tables use it
@@ -43,6 +46,7 @@ class SearchConfig:
     latency_spinning: bool | None = None
     # bilevel optimisation (DESIGN §5)
     order: str = "second"
+    lower_step: str = "alternating"  # alternating (DARTS) | simultaneous (reuses the virtual step's gradient)
     objective: str = "critic"  # stage L upper objective: critic | fidelity (docs/benchmarks.md)
     critic: str | None = None  # a user critic (safetensors); None = train one at the start of stage L
     critic_steps: int = 200
@@ -71,6 +75,7 @@ class SearchConfig:
     threads: int | None = None
     vgg_weights: str | None = None
     lpips_weights: str | None = None
+    lpips_net: str | None = None  # alex | vgg; None = read off the weight file
     notes: dict = field(default_factory=dict)
 
     @property
@@ -83,6 +88,12 @@ class SearchConfig:
         bad = [s for s in self.stage_list if s not in STAGES]
         if bad or not self.stage_list:
             raise ConfigError(f"--stages takes a comma list of L, A, T (e.g. L,A or T), got {self.stages!r}")
+        if self.lower_step not in LOWER_STEPS:
+            raise ConfigError(f"--lower-step must be one of {', '.join(LOWER_STEPS)}, got {self.lower_step!r}")
+        if self.hnu_norm not in HNU_NORMS:
+            raise ConfigError(f"--hnu-norm must be one of {', '.join(HNU_NORMS)}, got {self.hnu_norm!r}")
+        if self.lpips_net is not None and self.lpips_net not in ("alex", "vgg"):
+            raise ConfigError(f"--lpips-net must be alex or vgg, got {self.lpips_net!r}")
         if self.order not in ORDERS:
             raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         if self.latency_form not in LATENCY_FORMS:
