@@ -42,7 +42,7 @@ from torch import nn
 
 from .errors import LossSpecError
 from .registry import Registry
-from .runio import read_json
+from .runio import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -1014,9 +1014,8 @@ class LossSpec:
         )
 
     def save(self, path: PathLike) -> Path:
-        p = Path(path)
-        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return p
+        """Write ``hbl-loss/1`` JSON atomically: as stage L's done-marker it must never be half written."""
+        return write_json(path, self.to_dict())
 
     def __str__(self) -> str:
         return ",".join(f"{k}={v:g}" for k, v in self.terms.items())

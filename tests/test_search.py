@@ -74,6 +74,50 @@ def test_killed_search_resumes_to_the_same_result(tmp_path, stage):
     assert steps == [1, 2, 3, 4, 1, 2, 3, 4]
 
 
+def test_truncated_stage_marker_is_a_one_line_error_on_resume(tmp_path, monkeypatch):
+    """loss.json marks stage L done: a truncated one is refused on resume, never taken as done."""
+    cfg = tiny(tmp_path, stages="L,A", latency_budget=None)
+    run_search(cfg)
+    out = tmp_path / "run"
+    good = (out / "loss.json").read_text()
+    (out / "loss.json").write_text(good[: len(good) // 2])
+    ran = []
+    import hbl_edge.search.driver as driver
+
+    monkeypatch.setattr(driver, "_stage_l", lambda *a: ran.append("L") or {})
+    with pytest.raises(ConfigError) as e:
+        run_search(cfg, resume=True)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("stage L's output is unreadable (") and "malformed JSON" in msg
+    assert f"delete {out / 'loss.json'} to re-run stage L" in msg and ran == []
+    (out / "loss.json").unlink()  # the fix the message gives: the stage runs again
+    monkeypatch.undo()
+    res = run_search(cfg, resume=True)
+    assert res.completed == ["L"]  # A's genotype.json is intact and stays done
+    assert set(parse_loss_spec(out / "loss.json").terms) == set(json.loads(good)["terms"])
+
+
+def test_loss_spec_is_written_atomically(tmp_path, monkeypatch):
+    """A failure mid-write leaves the previous file intact (no half-written marker)."""
+    from hbl_edge.losses import LossSpec
+
+    path = tmp_path / "loss.json"
+    LossSpec({"l1": 1.0}).save(path)
+    before = path.read_text()
+
+    real = type(path).write_text
+
+    def killed_mid_write(self, data, *a, **k):  # half the bytes land, then the process "dies"
+        real(self, data[: len(data) // 2])
+        raise OSError("killed")
+
+    monkeypatch.setattr(type(path), "write_text", killed_mid_write)
+    with pytest.raises(OSError):
+        LossSpec({"l1": 0.5, "ssim": 0.5}).save(path)
+    monkeypatch.undo()
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["loss.json"]
+
+
 def test_stage_subsets_read_files_a_user_can_replace(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
