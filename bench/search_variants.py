@@ -39,6 +39,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hbl_edge.runio import write_json  # noqa: E402
+from hbl_edge.runtime.machine import machine_load  # noqa: E402
+
 ARMS: dict[str, dict[str, str]] = {
     "candidate-bn": {"hnu_norm": "candidate", "lower_step": "alternating"},
     "edge-bn": {"hnu_norm": "edge", "lower_step": "alternating"},
@@ -96,7 +99,7 @@ def run_one(arm: str, seed: int, args: argparse.Namespace, data: str, test_data:
            "stage_a_seconds_per_step_median": statistics.median(a_sec), "wall_s": wall,
            "genotype": genotype, "parameter_free_per_unit": report["derivation"]["parameter_free_derived"],
            "torch_threads": torch.get_num_threads()}
-    done.write_text(json.dumps(row, indent=1))
+    write_json(done, row)
     return row
 
 
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--data is embedded or real-lowlight")
     arms = [a for a in args.arms.split(",") if a]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    load0 = os.getloadavg()
+    load0 = machine_load()
     rows = []
     for seed in seeds:  # seeds outermost: a killed run still has every arm of the first seeds
         for arm in arms:
@@ -159,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                         "supernet": "quick_overrides() (8/16 x 3 HNUs, crop 48, batch 2), second order, no latency term",
                         "loss": "the task's default λ (fixed; no stage L)"},
            "arms": {a: ARMS[a] for a in arms}, "summary": summary, "agreement_same_seed": cross, "runs": rows,
-           "load": {"start": load0, "end": os.getloadavg()}, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+           "load": {"start": load0, "end": machine_load()}, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_json(args.out, doc)
     print(json.dumps(summary, indent=1))
     print(json.dumps(cross, indent=1))
     print(f"wrote {args.out}")
