@@ -77,7 +77,7 @@ class TestRegistry:
             assert state == "available" or state.startswith(("not installed", "no CUDA"))
 
     def test_unknown_backend(self, artifacts):
-        with pytest.raises(BackendError, match="unknown backend 'tensorflow'; known backends: ort, torch"):
+        with pytest.raises(BackendError, match="unknown backend 'tensorflow'; known: ort, torch"):
             create_runner("tensorflow", artifacts[1])
 
     def test_missing_module_names_it(self, monkeypatch, artifacts):
