@@ -18,8 +18,8 @@ the parameter-free ops per unit.
 
 Data: ``embedded`` (train/val/test regions of the embedded photos), or ``--data real-lowlight``
 (``<shared>/data/real/lowlight/train`` for the search and training, ``.../paired`` as the
-test set), the shared folder found as ``<repo>/../shared``, ``/work/shared`` or
-``$HBL_SHARED_DATA``.
+test set), the shared folder found by :func:`hbl_edge.shared_data.find_real_data`
+(``<repo>/../shared/data/real``, beside the main checkout of a worktree, or ``$HBL_SHARED_DATA``).
 
     nice -n 15 python bench/search_variants.py --data embedded --seeds 0,1,2 \\
         --out bench/results/search_variants_embedded.json
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -50,11 +49,9 @@ ARMS: dict[str, dict[str, str]] = {
 
 
 def shared_real_data() -> Path | None:
-    for base in (ROOT.parent / "shared" / "data" / "real", Path("/work/shared/data/real"),
-                 Path(os.environ["HBL_SHARED_DATA"]) if os.environ.get("HBL_SHARED_DATA") else None):
-        if base is not None and base.is_dir():
-            return base
-    return None
+    from hbl_edge.shared_data import find_real_data
+
+    return find_real_data()
 
 
 def agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
@@ -121,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.data == "real-lowlight":
         base = shared_real_data()
         if base is None:
-            print("no shared data folder (<repo>/../shared/data/real, /work/shared/data/real, $HBL_SHARED_DATA)")
+            from hbl_edge.shared_data import MISSING_REASON
+
+            print(MISSING_REASON)
             return 2
         data, test_data = str(base / "lowlight" / "train"), str(base / "lowlight" / "paired")
     else:
