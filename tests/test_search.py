@@ -203,8 +203,22 @@ def test_local_cpu_search_profiles_calibrates_and_measures(tmp_path):
     assert lat["measured_ms"] > 0 and "error_pct" in lat and lat["estimate"] is False
 
 
-def test_hinge_latency_form_runs(tmp_path):
-    res = run_search(tiny(tmp_path, stages="L,A", latency_form="hinge", latency_beta=2.0, objective="fidelity"))
-    assert res.completed == ["L", "A"]
-    records = [json.loads(x) for x in (tmp_path / "run/search/log.jsonl").read_text().splitlines()]
-    assert all("expected_latency_ms" in r for r in records if r["stage"] == "A")
+def test_hinge_latency_form_is_the_budget_as_a_constraint(tmp_path):
+    """L · max(1, LAT/T)^β: under the budget the latency factor is exactly 1 (stage A then equals
+    the additive form with μ = 0, same latency model); over it, the latency steers α."""
+    import torch
+
+    def stage_a(name, **kw):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "loss.json").write_text(json.dumps({"format": "hbl-loss/1", "terms": {"l1": 1.0}}))
+        assert run_search(tiny(tmp_path, name=name, stages="A", **kw)).completed == ["A"]
+        records = [json.loads(x) for x in (out / "search/log.jsonl").read_text().splitlines()]
+        return torch.load(out / "search/alpha.pt")["alpha"], records
+
+    zero, _ = stage_a("zero", latency_form="additive", latency_mu=0.0, latency_budget=1e9)
+    loose, records = stage_a("loose", latency_form="hinge", latency_beta=2.0, latency_budget=1e9)
+    tight, _ = stage_a("tight", latency_form="hinge", latency_beta=2.0, latency_budget=1e-3)
+    assert all("expected_latency_ms" in r for r in records)
+    assert all(torch.equal(a, b) for a, b in zip(zero, loose))  # max(1, LAT/T) = 1: no latency gradient
+    assert max((a - b).abs().max().item() for a, b in zip(loose, tight)) > 1e-4  # over the budget it acts
