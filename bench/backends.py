@@ -30,6 +30,7 @@ from hbl_edge.genotype import NAMED_GENOTYPES, Genotype, load_genotype
 from hbl_edge.network import Network, count_parameters
 from hbl_edge.runio import write_json
 from hbl_edge.runtime.benchmark import machine_line, render_table, run_benchmark
+from hbl_edge.runtime.machine import machine_load
 
 S = "skip_connect"
 SMALL = Genotype(
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         genotypes[f"searched ({c1}/{c2}, {searched.units} HNUs, {args.searched})"] = searched
     console = Console()
     results, t0 = [], time.time()
+    load_start = machine_load()
     with tempfile.TemporaryDirectory(prefix="hbl-bench-") as tmp:
         for label, genotype in genotypes.items():
             bundle = make_bundle(genotype, Path(tmp) / label.split()[0])
@@ -91,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(d)
     machine = results[0]["machine"] if results else {}
     out = {"format": "hbl-bench-suite/1", "machine": machine, "seconds": round(time.time() - t0, 1),
-           "note": "2-core machine shared with other jobs while measuring: absolute times are noisy, "
-                   "the interleaved ratios are the result", "runs": results}
+           "load": {"start": load_start, "end": machine_load()}, "runs": results}
     write_json(args.out, out)
     console.print(f"wrote {args.out}")
     print(markdown(out))

@@ -34,6 +34,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hbl_edge.runio import write_json  # noqa: E402
+from hbl_edge.runtime.machine import machine_load  # noqa: E402
+
 SETUPS: dict[str, dict[str, int]] = {
     "1p-2t-b4": {"procs": 1, "threads": 2, "batch": 4},
     "1p-1t-b4": {"procs": 1, "threads": 1, "batch": 4},
@@ -42,13 +45,9 @@ SETUPS: dict[str, dict[str, int]] = {
 }
 
 
-def load_now() -> dict[str, Any]:
-    out: dict[str, Any] = {"loadavg": list(os.getloadavg())}
-    try:
-        out["cpu_pressure"] = Path("/proc/pressure/cpu").read_text().strip().splitlines()
-    except OSError:
-        pass
-    return out
+def load_now() -> dict:
+    """Measured machine load (:func:`hbl_edge.runtime.machine.machine_load`: loadavg, /proc/pressure/cpu)."""
+    return machine_load()
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
            "machine": {"logical_cpus": os.cpu_count()}, "load": {"start": start, "end": load_now()},
            "results": results, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_json(args.out, doc)
     for s, r in results.items():
         print(f"{s}: {r['s_per_step_median']:.2f} s/step, {r['images_per_s']:.2f} images/s (global batch {r['global_batch']})")
     print(f"wrote {args.out}")

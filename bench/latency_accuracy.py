@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -48,6 +47,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from hbl_edge.runio import write_json
+from hbl_edge.runtime.machine import machine_load
 
 #: Network shapes and the profiling settings ``hbl-edge search`` uses for each (driver._latency_model).
 SHAPES: dict[str, dict[str, Any]] = {
@@ -60,13 +62,9 @@ SHAPES: dict[str, dict[str, Any]] = {
 # ---------------------------------------------------------------------------------------------
 # The independent timer (deliberately written here, not imported from hbl_edge)
 # ---------------------------------------------------------------------------------------------
-def load_now() -> dict[str, Any]:
-    out: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "loadavg": list(os.getloadavg())}
-    try:
-        out["cpu_pressure"] = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        pass
-    return out
+def load_now() -> dict:
+    """Measured machine load (:func:`hbl_edge.runtime.machine.machine_load`: loadavg, /proc/pressure/cpu)."""
+    return machine_load()
 
 
 def _session(path: Path, threads: int | None, allow_spinning: bool | None) -> Any:
@@ -325,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         result = accuracy(args)
         path = Path(args.json or f"bench/results/latency_accuracy_{tag}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    write_json(path, result)
     if args.spinning_study:
         for k, v in result["median_ratio_to_consecutive_default_spinning"].items():
             print(f"{k:<55} {v:6.2f}×")

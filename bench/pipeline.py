@@ -51,15 +51,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from hbl_edge.runio import parse_resolution, write_json  # noqa: E402
+from hbl_edge.runtime.machine import machine_load  # noqa: E402
 
 
 def load() -> dict:
-    out: dict = {"loadavg": list(os.getloadavg())}
-    try:
-        out["cpu_pressure"] = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        out["cpu_pressure"] = None
-    return out
+    """Measured machine load (:func:`hbl_edge.runtime.machine.machine_load`: loadavg, /proc/pressure/cpu)."""
+    return machine_load()
 
 
 def pct(values: list[float]) -> dict:

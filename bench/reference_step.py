@@ -71,6 +71,9 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hbl_edge.runio import write_json  # noqa: E402
+from hbl_edge.runtime.machine import machine_load  # noqa: E402
+
 CONFIGS: dict[str, tuple[str, ...]] = {
     "weightfree": ("l1", "l2", "color", "ssim"),
     "perceptual": ("l1", "l2", "color", "ssim", "vgg", "lpips"),
@@ -95,13 +98,9 @@ N_BATCHES = 4
 # ------------------------------------------------------------------------------------------
 # machine state
 # ------------------------------------------------------------------------------------------
-def load_now() -> dict[str, Any]:
-    out: dict[str, Any] = {"loadavg": list(os.getloadavg())}
-    try:
-        out["cpu_pressure"] = Path("/proc/pressure/cpu").read_text().strip().splitlines()
-    except OSError:
-        pass
-    return out
+def load_now() -> dict:
+    """Measured machine load (:func:`hbl_edge.runtime.machine.machine_load`: loadavg, /proc/pressure/cpu)."""
+    return machine_load()
 
 
 def machine_info() -> dict[str, Any]:
@@ -469,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_json(args.out, doc)
     print("\n" + table(results))
     print(f"\nwrote {args.out}")
     return 0

@@ -22,7 +22,7 @@ Receivers, taken in turns within every round (a shared machine's load hits them 
 
 Reported per receiver: latency median/p90/p99/max (ms), frames received / sent while it listened,
 CPU seconds per frame of this process (all its threads; the sender is another process). The
-machine's load (os.getloadavg before/after, /proc/pressure/cpu) goes into the JSON.
+machine's load (hbl_edge.runtime.machine.machine_load before/after: loadavg, /proc/pressure/cpu) goes into the JSON.
 """
 
 from __future__ import annotations
@@ -170,13 +170,6 @@ def summarise(samples: list[dict]) -> dict:
             "cpu_ms_per_frame": round(1000 * statistics.median(cpu), 3) if cpu else None}
 
 
-def pressure() -> str | None:
-    try:
-        return Path("/proc/pressure/cpu").read_text().strip()
-    except OSError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -196,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from streams import free_tcp_port, free_udp_port
 
     from hbl_edge.runio import versions, write_json
-    from hbl_edge.runtime.machine import cpu_model
+    from hbl_edge.runtime.machine import cpu_model, load_line, machine_load
     from hbl_edge.runtime.video._deps import gst_available
 
     have_gst = gst_available("udpsrc", "rtph264depay", "avdec_h264", "appsink")
@@ -206,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         plan += [("rtsp", r, r) for r in RTSP_RECEIVERS]
     if not a.no_ts:
         plan.append(("udp", "pyav", None))
-    load_before = os.getloadavg()
-    psi_before = pressure()
+    load_before = machine_load()
     samples: dict[str, list[dict]] = {f"{k}/{r}": [] for k, r, _ in plan}
     per_listen = a.seconds + 6  # the sender outlives the receiver's open, probe and window
     for rnd in range(a.rounds):
@@ -226,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             lat = result["latencies_ms"]
             print(f"round {rnd + 1} {kind:4s} {name:9s}: median {statistics.median(lat) if lat else float('nan'):6.2f} ms"
                   f" over {len(lat)} frames", flush=True)
-    load_after = os.getloadavg()
+    load_after = machine_load()
     results = {key: summarise(s) for key, s in samples.items()}
     report = {
         "what": "sender (last packet sent) → decoded RGB frame in the receiving process, loopback, frame stamps",
@@ -234,9 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                      "sender": "PyAV libx264 ultrafast/zerolatency, keyint = fps, RTP payload 96, 1200-byte packets",
                      "rtsp_server": "hbl-edge rtsp:// sink (gst-rtsp-server, x264enc zerolatency); time includes its encode",
                      "ts_sender": "hbl-edge udp:// sink (PyAV mpegts, 1316-byte datagrams)"},
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "loadavg_before": load_before,
-                    "loadavg_after": load_after, "pressure_cpu_before": psi_before, "pressure_cpu_after": pressure(),
-                    "versions": versions()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "versions": versions()},
+        "load": {"before": load_before, "after": load_after},
         "results": results,
     }
     try:
@@ -252,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(a.out, report)
     print(json.dumps({k: {x: v.get(x) for x in ("median_ms", "p90_ms", "p99_ms", "received", "expected",
                                                  "cpu_ms_per_frame")} for k, v in results.items()}, indent=1))
-    print(f"load {load_before} → {load_after}; written {a.out}")
+    print(f"{load_line(load_before)} → {load_line(load_after)}; written {a.out}")
     return 0
 
 

@@ -55,6 +55,8 @@ sys.path.insert(0, str(ROOT))
 
 from hbl_edge.data import TrainSampler, open_dataset  # noqa: E402
 from hbl_edge.losses import build_loss  # noqa: E402
+from hbl_edge.runio import write_json  # noqa: E402
+from hbl_edge.runtime.machine import machine_load  # noqa: E402
 from hbl_edge.search.config import DEFAULT_TERMS, SearchConfig  # noqa: E402
 from hbl_edge.search.stages import BilevelState, bilevel_step, make_optimizers  # noqa: E402
 from hbl_edge.search.supernet import Supernet  # noqa: E402
@@ -200,22 +202,14 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
     return {"cpu_model": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch_interop_threads": torch.get_num_interop_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "loadavg_start": load}
+            "python": platform.python_version(), "platform": platform.platform(), "load_start": machine_load()}
 
 
-def _load() -> dict[str, Any]:
-    out: dict[str, Any] = {"loadavg": list(os.getloadavg())}
-    try:
-        out["cpu_pressure"] = Path("/proc/pressure/cpu").read_text().strip().splitlines()
-    except OSError:
-        pass
-    return out
+def _load() -> dict:
+    """Measured machine load (:func:`hbl_edge.runtime.machine.machine_load`: loadavg, /proc/pressure/cpu)."""
+    return machine_load()
 
 
 def n_params(cfg: dict[str, Any]) -> dict[str, int]:
@@ -264,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     load_start = _load()
     print(f"machine: {info['cpu_model']}, {info['logical_cpus']} CPUs, torch {info['torch']} "
-          f"({info['torch_threads']} threads), load {info['loadavg_start']}", flush=True)
+          f"({info['torch_threads']} threads), load {info['load_start']['loadavg']}", flush=True)
     results: dict[str, Any] = {}
     no_exact = {c for c in args.no_exact.split(",") if c}
     for name in [c for c in args.configs.split(",") if c]:
@@ -280,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                          "wall_s": time.perf_counter() - t0}
         print(table({name: results[name]}), flush=True)
     try:
-        info["loadavg_end"] = os.getloadavg()
+        info["load_end"] = machine_load()
     except OSError:
         pass
     doc = {
@@ -309,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["results"] = {**{k: v for k, v in old.get("results", {}).items() if k not in results}, **results}
         doc["runs"] = [*old.get("runs", [old.get("setup", {}) | {"configs": list(old.get("results", {}))}]),
                        doc["setup"] | {"configs": list(results)}]
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_json(out, doc)
     print("\n" + table(doc["results"]))
     print(f"\nwrote {out}")
     return 0

@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hbl_edge.runio import write_json
+from hbl_edge.runtime.machine import machine_load
+
 OBJECTIVES = ("critic", "fidelity")
 
 
@@ -77,6 +80,7 @@ def _remeasure(args: argparse.Namespace, out_json: Path) -> int:
     names = list(gens)
     lat: dict[str, Any] = {}
     rng = np.random.default_rng(0)
+    load0 = machine_load()
     for res_s in args.lat_resolutions.split(","):
         w, h = _res(res_s)
         samples = measure_networks([gens[n] for n in names], "onnxruntime", (w, h), repeats=args.lat_repeats,
@@ -95,8 +99,9 @@ def _remeasure(args: argparse.Namespace, out_json: Path) -> int:
                 ts.append((time.perf_counter() - t0) * 1e3)
             lat[res_s][bname] = {"median": statistics.median(ts), "min": min(ts), "n": len(ts)}
     result.setdefault("latency_earlier", []).append(
-        {"latency_ms": result.get("latency_ms"), "note": "measured at the end of the run, under concurrent load"})
+        {"latency_ms": result.get("latency_ms"), "load": result.get("latency_load")})
     result["latency_ms"] = lat
+    result["latency_load"] = {"start": load0, "end": machine_load()}  # measured, for every resolution together
     result["latency_measured"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "threads": args.lat_threads,
                                   "repeats": args.lat_repeats, "warmup": 3, "note": args.note,
                                   "how": "onnxruntime CPU, whole exported graph, interleaved rounds over the networks; "
@@ -104,7 +109,7 @@ def _remeasure(args: argparse.Namespace, out_json: Path) -> int:
     for n, m in result["methods"].items():
         if n in lat[next(iter(lat))]:
             m["latency_ms"] = {r: v[n]["median"] for r, v in lat.items()}
-    out_json.write_text(json.dumps(result, indent=1, default=str))
+    write_json(out_json, result)
     for r, v in lat.items():
         print(r, {n: round(x["median"], 1) for n, x in v.items()})
     return 0
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(result, indent=1, default=str))
+        write_json(out_json, result)
 
     def phase(name: str, t0: float) -> None:
         result["phases_s"][name] = round(time.time() - t0, 1)
@@ -298,11 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         if res_s in result["latency_ms"]:
             continue
         t0 = time.time()
+        load0 = machine_load()
         samples = measure_networks([gen_of[n] for n in names], "onnxruntime",
                                    _res(res_s), repeats=args.lat_repeats, warmup=3, threads=args.lat_threads,
                                    samples=True)
         result["latency_ms"][res_s] = {n: {"median": statistics.median(s), "min": min(s), "n": len(s)}
                                        for n, s in zip(names, samples)}
+        result.setdefault("latency_load", {})[res_s] = {"start": load0, "end": machine_load()}
         phase(f"latency_{res_s}", t0)
     for n in names:
         result["methods"][n]["latency_ms"] = {r: v[n]["median"] for r, v in result["latency_ms"].items() if n in v}

@@ -18,8 +18,8 @@ the parameter-free ops per unit.
 
 Data: ``embedded`` (train/val/test regions of the embedded photos), or ``--data real-lowlight``
 (``<shared>/data/real/lowlight/train`` for the search and training, ``.../paired`` as the
-test set), the shared folder found as ``<repo>/../shared``, ``/work/shared`` or
-``$HBL_SHARED_DATA``.
+test set), the shared folder found by :func:`hbl_edge.shared_data.find_real_data`
+(``<repo>/../shared/data/real``, beside the main checkout of a worktree, or ``$HBL_SHARED_DATA``).
 
     nice -n 15 python bench/search_variants.py --data embedded --seeds 0,1,2 \\
         --out bench/results/search_variants_embedded.json
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -39,6 +38,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hbl_edge.runio import write_json  # noqa: E402
+from hbl_edge.runtime.machine import machine_load  # noqa: E402
+
 ARMS: dict[str, dict[str, str]] = {
     "candidate-bn": {"hnu_norm": "candidate", "lower_step": "alternating"},
     "edge-bn": {"hnu_norm": "edge", "lower_step": "alternating"},
@@ -47,11 +49,9 @@ ARMS: dict[str, dict[str, str]] = {
 
 
 def shared_real_data() -> Path | None:
-    for base in (ROOT.parent / "shared" / "data" / "real", Path("/work/shared/data/real"),
-                 Path(os.environ["HBL_SHARED_DATA"]) if os.environ.get("HBL_SHARED_DATA") else None):
-        if base is not None and base.is_dir():
-            return base
-    return None
+    from hbl_edge.shared_data import find_real_data
+
+    return find_real_data()
 
 
 def agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
@@ -96,7 +96,7 @@ def run_one(arm: str, seed: int, args: argparse.Namespace, data: str, test_data:
            "stage_a_seconds_per_step_median": statistics.median(a_sec), "wall_s": wall,
            "genotype": genotype, "parameter_free_per_unit": report["derivation"]["parameter_free_derived"],
            "torch_threads": torch.get_num_threads()}
-    done.write_text(json.dumps(row, indent=1))
+    write_json(done, row)
     return row
 
 
@@ -118,14 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.data == "real-lowlight":
         base = shared_real_data()
         if base is None:
-            print("no shared data folder (<repo>/../shared/data/real, /work/shared/data/real, $HBL_SHARED_DATA)")
+            from hbl_edge.shared_data import MISSING_REASON
+
+            print(MISSING_REASON)
             return 2
         data, test_data = str(base / "lowlight" / "train"), str(base / "lowlight" / "paired")
     else:
         ap.error("--data is embedded or real-lowlight")
     arms = [a for a in args.arms.split(",") if a]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    load0 = os.getloadavg()
+    load0 = machine_load()
     rows = []
     for seed in seeds:  # seeds outermost: a killed run still has every arm of the first seeds
         for arm in arms:
@@ -159,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                         "supernet": "quick_overrides() (8/16 x 3 HNUs, crop 48, batch 2), second order, no latency term",
                         "loss": "the task's default λ (fixed; no stage L)"},
            "arms": {a: ARMS[a] for a in arms}, "summary": summary, "agreement_same_seed": cross, "runs": rows,
-           "load": {"start": load0, "end": os.getloadavg()}, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+           "load": {"start": load0, "end": machine_load()}, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_json(args.out, doc)
     print(json.dumps(summary, indent=1))
     print(json.dumps(cross, indent=1))
     print(f"wrote {args.out}")

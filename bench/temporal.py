@@ -26,11 +26,11 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from hbl_edge.runio import write_json
+from hbl_edge.runtime.machine import machine_load
 from hbl_edge.runtime.enhancer import Enhancer, to_chw
 from hbl_edge.runtime.temporal import TemporalFilter, mean_abs_frame_diff
 
@@ -38,14 +38,9 @@ W, H = 320, 240
 DARK, SIGMA, PAN_PX = 0.3, 0.015, 3
 
 
-def load() -> dict[str, float | None]:
-    out: dict[str, float | None] = {"loadavg_1m": os.getloadavg()[0]}
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-        out["cpu_pressure_some_avg10"] = float(line.split("avg10=")[1].split()[0])
-    except (OSError, IndexError, ValueError):
-        out["cpu_pressure_some_avg10"] = None
-    return out
+def load() -> dict:
+    """Measured machine load (:func:`hbl_edge.runtime.machine.machine_load`: loadavg, /proc/pressure/cpu)."""
+    return machine_load()
 
 
 def photo() -> np.ndarray:

@@ -29,6 +29,7 @@ from skimage import exposure
 from skimage.color import lab2rgb, rgb2lab
 
 from .errors import ConfigError
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,15 @@ class Baseline:
         return self.fn(img)
 
 
-BASELINES: dict[str, Baseline] = {}
+BASELINES: Registry[Baseline] = Registry("baseline", ConfigError)
 
 
 def register_baseline(name: str, task: str) -> Callable[[ImageFn], ImageFn]:
     """Register ``fn`` as baseline ``name`` for ``task``; the doc is its docstring's first line."""
 
     def deco(fn: ImageFn) -> ImageFn:
-        if name in BASELINES:
-            raise ValueError(f"baseline {name!r} registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        BASELINES[name] = Baseline(name, task, fn, doc)
+        BASELINES.add(name, Baseline(name, task, fn, doc))
         return fn
 
     return deco
@@ -80,10 +79,7 @@ def register_baseline(name: str, task: str) -> Callable[[ImageFn], ImageFn]:
 
 def get_baseline(name: str) -> Baseline:
     """The registered baseline ``name``; unknown names raise :class:`ConfigError` listing the known ones."""
-    try:
-        return BASELINES[name]
-    except KeyError:
-        raise ConfigError(f"unknown baseline {name!r}; known baselines: {', '.join(BASELINES)}") from None
+    return BASELINES.get(name)
 
 
 def _check(img: Any) -> np.ndarray:

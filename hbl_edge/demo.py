@@ -11,6 +11,7 @@ finished and resumes what is not.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,11 +47,16 @@ def run_demo(
     console,
     print_report: Callable[[dict], None],
 ) -> dict[str, Any]:
+    from .runtime.machine import machine_info, machine_load
+
     t = get_task(task)
     out = Path(out)
     run_dir = out / "search"
     cfg = demo_config(run_dir, task, steps)
-    if (run_dir / OUTPUTS["T"]).exists():
+    started, load_start = time.perf_counter(), machine_load()
+    search_s = None
+    reused = (run_dir / OUTPUTS["T"]).exists()
+    if reused:
         console.print(f"reusing the finished search and model in {run_dir} (delete it to run again)")
     else:
         resume = (run_dir / "config.json").exists() or (run_dir / STATE).exists()
@@ -61,6 +67,7 @@ def run_demo(
         result = search_fn(cfg, resume=resume)
         if result.interrupted:
             return {}
+        search_s = time.perf_counter() - started
 
     bundle = run_dir / "model"
     reports = {}
@@ -79,6 +86,15 @@ def run_demo(
         "psnr": {k: r["mean"]["psnr"] for k, r in reports.items()} | {"input": reports["model"]["mean"]["input_psnr"]},
         "ssim": {k: r["mean"]["ssim"] for k, r in reports.items()} | {"input": reports["model"]["mean"]["input_ssim"]},
     }
+    # What the README's demo figures are read from: they vary with the machine and its load (the
+    # search is latency-aware, so even the architecture found depends on this CPU's timings).
+    summary["run"] = {
+        "seconds": round(time.perf_counter() - started, 1),
+        "search_and_train_seconds": None if search_s is None else round(search_s, 1),
+        "reused_finished_search": reused,
+        "machine": machine_info(),
+        "load": {"start": load_start, "end": machine_load()},
+    }
     write_json(out / "summary.json", summary)
     console.print("\n[bold]What the demo produced[/]")
     console.print(f"  searched loss     {run_dir}/loss.json  (λ over time: {run_dir}/plots/lambda.png)")
@@ -95,6 +111,10 @@ def run_demo(
         f"\ntest PSNR: input {psnr['input']:.2f} dB → model {psnr['model']:.2f} dB; "
         + ", ".join(f"{b} {psnr[b]:.2f} dB" for b in t.baselines)
     )
+    from .runtime.machine import load_line
+
+    console.print(f"took {summary['run']['seconds'] / 60:.1f} min before the video (summary.json: run); "
+                  f"{load_line(summary['run']['load']['end'])} at the end")
     return summary
 
 

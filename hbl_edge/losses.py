@@ -42,7 +42,7 @@ from torch import nn
 
 from .errors import LossSpecError
 from .registry import Registry
-from .runio import read_json
+from .runio import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -839,17 +839,15 @@ class TermSpec:
     doc: str = ""
 
 
-LOSS_TERMS: dict[str, TermSpec] = {}
+LOSS_TERMS: Registry[TermSpec] = Registry("loss term", LossSpecError)
 
 
 def register_term(name: str, weights_flag: str | None = None) -> Callable[[TermFactory], TermFactory]:
     """Register a term factory ``make(weights_path, **options) -> nn.Module`` under ``name``."""
 
     def deco(make: TermFactory) -> TermFactory:
-        if name in LOSS_TERMS:
-            raise ValueError(f"loss term {name!r} registered twice")
         doc = (make.__doc__ or "").strip().splitlines()[0] if make.__doc__ else ""
-        LOSS_TERMS[name] = TermSpec(name, make, weights_flag, doc)
+        LOSS_TERMS.add(name, TermSpec(name, make, weights_flag, doc))
         return make
 
     return deco
@@ -964,8 +962,7 @@ class LossSpec:
         if not self.terms:
             raise LossSpecError(f"the loss spec has no terms; give some of: {_known_terms()}")
         for name, w in self.terms.items():
-            if name not in LOSS_TERMS:
-                raise LossSpecError(f"unknown loss term {name!r}; known terms: {_known_terms()}")
+            LOSS_TERMS.get(name)  # an unknown name: the registry's one-line LossSpecError
             if isinstance(w, bool) or not isinstance(w, (int, float)):
                 raise LossSpecError(f"weight of loss term {name!r} must be a number, got {w!r}")
             if math.isnan(w) or math.isinf(w) or w < 0:
@@ -1014,9 +1011,8 @@ class LossSpec:
         )
 
     def save(self, path: PathLike) -> Path:
-        p = Path(path)
-        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return p
+        """Write ``hbl-loss/1`` JSON atomically: as stage L's done-marker it must never be half written."""
+        return write_json(path, self.to_dict())
 
     def __str__(self) -> str:
         return ",".join(f"{k}={v:g}" for k, v in self.terms.items())
@@ -1030,8 +1026,7 @@ def _parse_text(text: str) -> LossSpec:
             continue
         name, sep, value = item.partition("=")
         name = name.strip()
-        if name not in LOSS_TERMS:
-            raise LossSpecError(f"unknown loss term {name!r}; known terms: {_known_terms()}")
+        LOSS_TERMS.get(name)  # an unknown name: the registry's one-line LossSpecError
         if name in terms:
             raise LossSpecError(f"loss term {name!r} given twice in {text!r}")
         if not sep:

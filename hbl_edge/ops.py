@@ -27,21 +27,15 @@ import torch
 from torch import nn
 
 from .errors import GenotypeError
+from .registry import Registry
 
 OpFactory = Callable[[int, int], nn.Module]
-OPS: dict[str, OpFactory] = {}
+OPS: Registry[OpFactory] = Registry("op", GenotypeError)
 
 
 def register_op(name: str) -> Callable[[OpFactory], OpFactory]:
     """Register an op factory ``(c_in, c_out) -> nn.Module`` under ``name``."""
-
-    def deco(factory: OpFactory) -> OpFactory:
-        if name in OPS:
-            raise ValueError(f"op {name!r} registered twice")
-        OPS[name] = factory
-        return factory
-
-    return deco
+    return OPS.register(name)
 
 
 def conv2d(c_in: int, c_out: int, k: int, dilation: int = 1, bias: bool = False) -> nn.Conv2d:
@@ -230,11 +224,7 @@ PARAMETER_FREE_OPS = frozenset({"skip_connect"})
 
 def make_op(name: str, c_in: int, c_out: int) -> nn.Module:
     """Build the registered op ``name`` mapping ``c_in`` to ``c_out`` channels."""
-    try:
-        factory = OPS[name]
-    except KeyError:
-        raise GenotypeError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None
-    return factory(c_in, c_out)
+    return OPS.get(name)(c_in, c_out)
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,20 @@ Torch-free and dependency-free on purpose: the deploy side (runtime/, engine bui
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Mapping
+from typing import Callable, Iterator, TypeVar
 
 from .errors import ConfigError, HblError
 
 T = TypeVar("T")
 
 
-class Registry(Generic[T]):
+class Registry(Mapping[str, T]):
     """``name → entry`` with one-time registration and one-line lookup errors.
+
+    A read-only :class:`~collections.abc.Mapping` (``in``, iteration in registration order,
+    ``len``, ``dict(reg)``, ``reg == {...}``), except that looking up an unknown name raises
+    ``error`` with the message below rather than ``KeyError``.
 
     Args:
         what: how an entry is called in messages ("op", "loss term", "video source scheme").

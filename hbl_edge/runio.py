@@ -94,25 +94,16 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+#: What can change a training/search result, recorded in every bundle and run config.
+RESULT_LIBRARIES = {"torch": "torch", "numpy": "numpy", "kornia": "kornia", "onnx": "onnx",
+                    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "skimage": "scikit-image"}
+
+
 def versions() -> dict[str, str]:
-    """Versions of everything that can change a result, recorded beside every artifact."""
-    import torch
+    """Versions of everything that can change a result, recorded beside every artifact (absent ones as "absent")."""
+    from .versions import base_versions, library_versions
 
-    from . import __version__
-
-    out = {
-        "hbl_edge": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-    }
-    for mod in ("kornia", "onnx", "onnxruntime", "skimage"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # optional at this point; absence is itself recorded
-            out[mod] = "absent"
-    return out
+    return {**base_versions(), "platform": platform.platform(), **library_versions(RESULT_LIBRARIES)}
 
 
 def check_same_config(path: str | Path, config: dict[str, Any]) -> None:

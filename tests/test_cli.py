@@ -1,7 +1,6 @@
 """The command line: thin typer shell; user mistakes end with one line and exit code 2."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,10 @@ from typer.testing import CliRunner
 
 from hbl_edge.cli import app
 from hbl_edge.genotype import Genotype
+from hbl_edge.shared_data import MISSING_REASON, find_real_data
 
 runner = CliRunner()
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL_PAIRED = find_real_data("lowlight/paired")  # shared real test pairs, or None (hbl_edge.shared_data)
 TINY = Genotype(encoder=["conv_3x3"] * 9, decoder=["conv_3x3"] * 9, hnu=[["conv_1x1"] * 8], channels=(4, 8), units=1)
 
 
@@ -148,9 +148,9 @@ def test_eval_user_errors(tmp_path, bundle):
     assert_user_error(invoke("eval", "--baseline", "gamma", "--data", tmp_path / "none"), "none")
 
 
-@pytest.mark.skipif(not (REAL / "lowlight" / "paired").exists(), reason="shared real data not present")
+@pytest.mark.skipif(REAL_PAIRED is None, reason=MISSING_REASON)
 def test_eval_runs_on_real_test_pairs(tmp_path):
-    res = invoke("eval", "--baseline", "gamma", "--data", REAL / "lowlight" / "paired", "--out", tmp_path / "r")
+    res = invoke("eval", "--baseline", "gamma", "--data", REAL_PAIRED, "--out", tmp_path / "r")
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r" / "eval.json").read_text())
     lol = [r for r in report["per_image"] if r["name"].startswith("lol_")]

@@ -226,7 +226,7 @@ class TestSaveLoad:
 class TestObjectives:
     def test_registry(self):
         assert set(OBJECTIVES) == {"critic", "fidelity"}
-        with pytest.raises(ConfigError, match="unknown objective 'psnr'; choose one of: critic, fidelity"):
+        with pytest.raises(ConfigError, match="unknown objective 'psnr'; known: critic, fidelity"):
             build_objective("psnr")
         with pytest.raises(ConfigError, match="needs a quality critic"):
             build_objective("critic")

@@ -23,8 +23,9 @@ from hbl_edge.data import (
     val_batches,
 )
 from hbl_edge.errors import ConfigError, DataError
+from hbl_edge.shared_data import MISSING_REASON, find_real_data
 
-REAL_LOWLIGHT = Path("/work/shared/data/real/lowlight")
+REAL_LOWLIGHT = find_real_data("lowlight/train") and find_real_data("lowlight")  # or None (hbl_edge.shared_data)
 
 
 def write_image(path: Path, size: tuple[int, int] = (16, 12), seed: int = 0) -> Path:
@@ -339,7 +340,7 @@ def test_val_batches_full_and_cropped() -> None:
 
 # ------------------------------------------------------------------------- real datasets
 
-@pytest.mark.skipif(not (REAL_LOWLIGHT / "train").is_dir(), reason="real lowlight data absent")
+@pytest.mark.skipif(REAL_LOWLIGHT is None, reason=MISSING_REASON)
 def test_real_lowlight_layouts() -> None:
     train_only = open_dataset(REAL_LOWLIGHT / "train", "lowlight", "train")
     assert len(train_only) > 0

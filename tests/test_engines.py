@@ -450,3 +450,55 @@ def test_engine_in_a_read_only_export_folder_is_reused(onnx_files, tmp_path, mon
     assert not again.built and again.path == first.path
     other = build_engine_for_export(folder, kind="tensorrt-rtx", shapes=["min=1x1,opt=8x8,max=16x16"], workspace_mb=64)
     assert other.built and other.path.parent.parent == tmp_path / "cache" / "engines"
+
+
+class TestProfilerHarnessUsesTheSharedBuild:
+    """The latency profiler's TensorRT harness builds through build_serialized_engine (one build path)."""
+
+    @staticmethod
+    def _harness(kind: str, dtype: str = "float32"):
+        from hbl_edge.search.timing_trt import TrtHarness
+
+        h = TrtHarness.__new__(TrtHarness)  # no pycuda/GPU: only the build half is exercised
+        h.kind, h.dtype, h.logger = kind, dtype, None
+        return h
+
+    def test_tensorrt_8_per_op_engine_is_explicit_batch_via_the_shared_path(self, monkeypatch, tmp_path):
+        from hbl_edge.export import engines
+
+        trt8 = make_fake_builder_trt("8.5.2.2")
+        monkeypatch.setitem(sys.modules, "tensorrt", trt8)
+        calls = []
+        real = engines.build_serialized_engine
+        monkeypatch.setattr(engines, "build_serialized_engine", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+        blob = self._harness("tensorrt", "float16").serialize(tmp_path / "op.onnx", [(2, 3, 8, 8), (1, 3, 4, 4)])
+        assert blob == b"serialized-plan" and len(calls) == 1 and calls[0][1]["fp16"] is True
+        assert trt8.rec["flags"] == [1] and trt8.rec["flags_set"] == ["fp16"]
+        assert trt8.rec["shapes"] == [("a", (2, 3, 8, 8), (2, 3, 8, 8), (2, 3, 8, 8))]
+
+    def test_parser_failure_is_the_shared_one_line_error(self, monkeypatch, tmp_path):
+        from hbl_edge.export import engines
+
+        monkeypatch.setitem(sys.modules, "tensorrt", make_fake_builder_trt("8.5.2.2"))
+        monkeypatch.setattr(engines, "explicit_batch_flags", lambda trt: 0)
+        with pytest.raises(ExportError, match="^tensorrt cannot parse op.onnx: Network must have the explicit batch flag$"):
+            self._harness("tensorrt").serialize(tmp_path / "op.onnx", [(1, 3, 8, 8), (1, 3, 4, 4)])
+
+    @needs_tensorrt_rtx
+    def test_a_real_two_input_op_graph_builds_with_tensorrt_rtx(self, tmp_path):
+        from hbl_edge.search.timing import export_tiny
+
+        class Merge(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+            def forward(self, a, b):
+                return self.conv(a) + b
+
+        xs = [torch.rand(1, 4, 16, 16), torch.rand(1, 4, 16, 16)]
+        export_tiny(Merge().eval(), xs, tmp_path / "op.onnx", dynamic=False)
+        blob = self._harness("tensorrt-rtx").serialize(tmp_path / "op.onnx", [tuple(x.shape) for x in xs])
+        assert isinstance(blob, bytes) and len(blob) > 1000
+        with pytest.raises(ConfigError, match="strongly typed"):  # RTX takes precision from the ONNX
+            self._harness("tensorrt-rtx", "float16").serialize(tmp_path / "op.onnx", [tuple(x.shape) for x in xs])

@@ -361,3 +361,15 @@ def test_genotype_latency_cli_equals_predict(tmp_path):
     assert got["allow_spinning"] == "default" and got["calibration"] == "levels"
     res = CliRunner().invoke(app, ["genotype", "latency", str(gpath), "--latency-table", str(tmp_path / "none.json")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_estimating_a_table_leaves_the_global_random_stream_alone():
+    """The roofline builds ops with seeded random weights on a fork of torch's RNG: a search that
+    estimates its table (rank 0 only, under torchrun) keeps the random stream it was seeded with."""
+    from hbl_edge.search.roofline import estimate_table
+
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    estimate_table("jetson-orin-nano", (64, 48), "paper", (4, 8), units=1)
+    assert torch.equal(torch.rand(3), expected)

@@ -129,7 +129,7 @@ class TestSpec:
         with pytest.raises(LossSpecError) as e:
             L.parse_loss_spec("l1,perceptual=2")
         assert str(e.value) == (
-            "unknown loss term 'perceptual'; known terms: l1, l2, color, ssim, vgg, lpips, tv, laplacian"
+            "unknown loss term 'perceptual'; known: l1, l2, color, ssim, vgg, lpips, tv, laplacian"
         )
 
     def test_bad_weight(self):

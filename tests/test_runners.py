@@ -77,7 +77,7 @@ class TestRegistry:
             assert state == "available" or state.startswith(("not installed", "no CUDA"))
 
     def test_unknown_backend(self, artifacts):
-        with pytest.raises(BackendError, match="unknown backend 'tensorflow'; known backends: ort, torch"):
+        with pytest.raises(BackendError, match="unknown backend 'tensorflow'; known: ort, torch"):
             create_runner("tensorflow", artifacts[1])
 
     def test_missing_module_names_it(self, monkeypatch, artifacts):
@@ -100,6 +100,20 @@ class TestRegistry:
 
 
 class TestOrtRunner:
+    def test_matches_an_independent_onnx_interpreter(self, artifacts):
+        """Not ORT against torch (both come from the same network code): the runner against
+        onnx's own reference interpreter evaluating the exported graph node by node."""
+        from onnx.reference import ReferenceEvaluator
+
+        x = np.random.default_rng(3).random((2, 3, 11, 6), dtype=np.float32)
+        ref = ReferenceEvaluator(str(artifacts[1]))
+        expected = ref.run(None, {ref.input_names[0]: x})[0]
+        r = OrtRunner(artifacts[1], threads=1)
+        got = r.run(x)
+        assert got.shape == x.shape and np.abs(expected - x).max() > 1e-2  # the graph changes the image
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        np.testing.assert_allclose(r.run(x[1:2]), expected[1:2], atol=1e-5)  # images in a batch are independent
+
     def test_cpu_provider_and_threads(self, artifacts):
         r = OrtRunner(artifacts[1], threads=1, inter_op_threads=1)
         assert r.providers[-1] == "CPUExecutionProvider"

@@ -102,7 +102,7 @@ def test_bad_arguments_one_line_exit_2_nothing_started(device, tmp_path, case):
         args[4], expect = str(tmp_path / "empty"), "no model.onnx here or in"
     elif case == "backend":
         args += ["--backend", "tensorflow"]
-        expect = "unknown backend 'tensorflow'; known backends: ort, torch, trt, trt-rtx"
+        expect = "unknown backend 'tensorflow'; known: ort, torch, trt, trt-rtx"
     elif case == "preview":
         held = _busy_tcp_port()
         args += ["--preview", str(held.getsockname()[1])]

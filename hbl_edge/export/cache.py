@@ -127,12 +127,14 @@ class EngineCache:
 
 
 def read_sidecar(engine_path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ingredients recorded beside an engine, or None when absent or unreadable."""
-    p = EngineCache.sidecar(Path(engine_path))
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+    """The ingredients recorded beside an engine, or None when absent, unreadable or not a cache record.
+
+    Read by the runners' reader (:func:`hbl_edge.runtime.trt_runner.read_engine_sidecar`, the one
+    place the file is parsed); the cache also insists on its own record format.
+    """
+    from ..runtime.trt_runner import read_engine_sidecar
+
+    meta = read_engine_sidecar(Path(engine_path))
+    if meta is None or meta.get("format") != CACHE_FORMAT:
         return None
     return meta

@@ -39,16 +39,17 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
+from ..runtime.engine_kinds import BACKEND_KINDS, KIND_INSTALL, KIND_MODULES
 from ..runtime.trt_runner import cuda_device_identity, device_label
 from . import ExportError
 from .cache import EngineCache, engine_cache_key, file_sha256, read_sidecar, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
-#: Engine kinds → Python module.
-ENGINE_KINDS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
-#: Runner backend names (``--backend``) → engine kinds (``--engine``): the one map of the two.
-BACKEND_ENGINE_KINDS = {"trt": "tensorrt", "trt-rtx": "tensorrt-rtx"}
+#: Engine kinds → Python module (from the one table, :mod:`hbl_edge.runtime.engine_kinds`).
+ENGINE_KINDS = dict(KIND_MODULES)
+#: Runner backend names (``--backend``) → engine kinds (``--engine``).
+BACKEND_ENGINE_KINDS = dict(BACKEND_KINDS)
 #: The profile used when none is given. The minimum is 1×1 because the graph pads any input to
 #: its multiple of 4 itself: small inputs (a thumbnail, the last column of tiles) are valid.
 DEFAULT_PROFILE = "min=1x1,opt=1280x720,max=1920x1080"
@@ -56,10 +57,7 @@ DEFAULT_WORKSPACE_MB = 1024
 #: What TensorRT-RTX records as the device when it builds on a machine without a GPU.
 CPU_BUILD = "cpu-build"
 
-_INSTALL = {
-    "tensorrt": "`pip install tensorrt` (desktop) or JetPack's python3-libnvinfer (Jetson)",
-    "tensorrt-rtx": "`pip install tensorrt-rtx`",
-}
+_INSTALL = KIND_INSTALL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,17 +614,9 @@ def _attach_timing_cache(config: Any, path: Path) -> dict[str, Any]:
 
 
 def _versions(trt: Any) -> dict[str, str]:
-    import platform
+    from ..versions import base_versions, library_versions
 
-    from .. import __version__
-
-    out = {"hbl_edge": __version__, "python": platform.python_version(), "engine_library": trt.__version__}
-    for mod in ("onnx", "numpy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:
-            out[mod] = "absent"
-    return out
+    return {**base_versions(), "engine_library": trt.__version__, **library_versions({"onnx": "onnx", "numpy": "numpy"})}
 
 
 __all__ = [

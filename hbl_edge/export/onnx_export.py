@@ -469,13 +469,9 @@ def _export_meta(result: ExportResult, source: dict[str, Any], network: Network)
 
 
 def _extra_versions() -> dict[str, str]:
-    out = {}
-    for mod in ("onnxconverter_common",):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:
-            out[mod] = "absent"
-    return out
+    from ..versions import library_versions
+
+    return library_versions({"onnxconverter_common": "onnxconverter-common"})
 
 
 def ensure_onnx(bundle: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..runio import parse_resolution
-from .machine import cpu_model
+from .machine import machine_info, machine_load
 from .runners import BackendError, unavailable_reason
 
 log = logging.getLogger(__name__)
@@ -88,40 +87,7 @@ def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # What it ran on
 # ---------------------------------------------------------------------------------------------
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, GPU and library versions (read from package metadata: nothing imported)."""
-    from .trt_runner import cuda_device_identity, device_label
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
-    libs = {}
-    for dist in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "tensorrt-rtx", "tensorrt_rtx", "pycuda", "numpy"):
-        v = _version(dist)
-        if v is not None:
-            libs[dist.replace("_", "-")] = v
-    from .. import __version__
-
-    return {
-        "cpu": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": usable,
-        "gpu": device_label(cuda_device_identity()),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "hbl_edge": __version__,
-        "versions": libs,
-    }
+# machine_info / machine_load live in .machine (shared with the profiler, the demo and bench/).
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,6 +116,8 @@ class BenchReport:
     settings: dict[str, Any]
     machine: dict[str, Any]
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    #: measured machine load before and after the timing (:func:`~hbl_edge.runtime.machine.machine_load`)
+    load: dict[str, Any] = field(default_factory=dict)
 
     def row(self, backend: str) -> BenchRow:
         return next(r for r in self.rows if r.backend == backend)
@@ -160,6 +128,7 @@ class BenchReport:
             "created": self.created,
             "settings": self.settings,
             "machine": self.machine,
+            "load": self.load,
             "timing": "time.perf_counter around runner.run(batch), which returns a host array (CUDA backends: "
                       "includes the device→host copy, so the GPU is synchronised); backends interleaved per round",
             "rows": [r.to_dict() for r in self.rows],
@@ -333,6 +302,7 @@ def run_benchmark(
         runners.append(runner)
     if progress:
         progress(f"warm-up ×{warmup}, then {iters} interleaved rounds")
+    load_before = machine_load()
     try:
         measure(runs, x, warmup=warmup, iters=iters, clock=clock, rows=rows)
     finally:
@@ -340,7 +310,8 @@ def run_benchmark(
             r.close()
     settings = {"bundle": str(bundle), "backends": names, "resolution": [width, height], "batch": batch,
                 "warmup": warmup, "iters": iters, "threads": threads, "fp16": fp16, "input": "uniform random in [0, 0.5]"}
-    return BenchReport(rows=[rows[n] for n in names], settings=settings, machine=machine_info())
+    return BenchReport(rows=[rows[n] for n in names], settings=settings, machine=machine_info(),
+                       load={"before": load_before, "after": machine_load()})
 
 
 # ---------------------------------------------------------------------------------------------

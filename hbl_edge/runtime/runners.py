@@ -28,6 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import HblError
+from ..registry import Registry
+from .engine_kinds import KIND_MODULES
 
 
 class BackendError(HblError):
@@ -57,14 +59,11 @@ class Backend:
     factory: str  # "package.module:callable(artifact_path, **options) -> Runner"
 
 
-BACKENDS: dict[str, Backend] = {}
+BACKENDS: Registry[Backend] = Registry("backend", BackendError)
 
 
 def register_backend(backend: Backend) -> Backend:
-    if backend.name in BACKENDS:
-        raise ValueError(f"backend {backend.name!r} registered twice")
-    BACKENDS[backend.name] = backend
-    return backend
+    return BACKENDS.add(backend.name, backend)
 
 
 register_backend(Backend(
@@ -77,19 +76,16 @@ register_backend(Backend(
 ))
 register_backend(Backend(
     "trt", "engine", "TensorRT engine via pycuda (named-tensor API)",
-    ("tensorrt", "pycuda"), True, "hbl_edge.runtime.trt_runner:TrtRunner",
+    (KIND_MODULES["tensorrt"], "pycuda"), True, "hbl_edge.runtime.trt_runner:TrtRunner",
 ))
 register_backend(Backend(
     "trt-rtx", "engine", "TensorRT-RTX engine via pycuda",
-    ("tensorrt_rtx", "pycuda"), True, "hbl_edge.runtime.trt_runner:TrtRtxRunner",
+    (KIND_MODULES["tensorrt-rtx"], "pycuda"), True, "hbl_edge.runtime.trt_runner:TrtRtxRunner",
 ))
 
 
 def get_backend(name: str) -> Backend:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)}") from None
+    return BACKENDS.get(name)
 
 
 def _module_present(name: str) -> bool:

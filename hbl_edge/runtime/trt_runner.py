@@ -31,16 +31,13 @@ from typing import Any
 import numpy as np
 
 from ..runio import atomic_path
+from .engine_kinds import KIND_INSTALL, MODULE_KINDS
 from .runners import BackendError, check_batch
 
 log = logging.getLogger(__name__)
 
-_INSTALL_HINTS = {
-    "tensorrt": "install it with `pip install tensorrt` on a desktop; on a Jetson it comes with JetPack "
-                "(python3-libnvinfer), use a venv created with --system-site-packages",
-    "tensorrt_rtx": "install it with `pip install tensorrt-rtx`",
-}
-_LIBRARY_NAMES = {"tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt-rtx"}
+_INSTALL_HINTS = {m: f"install it with {KIND_INSTALL[k]}" for m, k in MODULE_KINDS.items()}
+_LIBRARY_NAMES = MODULE_KINDS
 
 
 def import_tensorrt(module: str = "tensorrt") -> Any:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import Registry
 
 #: Where the Linux kernel exposes the board's device tree (injectable for tests).
 DEVICE_TREE = Path("/proc/device-tree")
@@ -69,14 +70,11 @@ class DeviceSpec:
         return asdict(self)
 
 
-DEVICES: dict[str, DeviceSpec] = {}
+DEVICES: Registry[DeviceSpec] = Registry("device", ConfigError, "or `jetson`: detect the Jetson this runs on")
 
 
 def register_device(spec: DeviceSpec) -> DeviceSpec:
-    if spec.name in DEVICES:
-        raise ValueError(f"device {spec.name!r} registered twice")
-    DEVICES[spec.name] = spec
-    return spec
+    return DEVICES.add(spec.name, spec)
 
 
 _DS = "NVIDIA Jetson {} module datasheet / product page (approximate; varies with power mode)"
@@ -167,10 +165,7 @@ def jetson_model_string(device_tree: str | os.PathLike[str] | None = None) -> st
 
 def get_device(name: str) -> DeviceSpec:
     """A registered preset (not ``jetson``; see :func:`resolve_device`)."""
-    try:
-        return DEVICES[name]
-    except KeyError:
-        raise ConfigError(f"unknown device {name!r}; known devices: {', '.join(device_names())}") from None
+    return DEVICES.get(name)
 
 
 def resolve_device(

@@ -31,7 +31,7 @@ import torch
 
 from ..data import TrainSampler, has_test_split, open_dataset
 from ..distributed import DistContext, init_from_env, resumable_record
-from ..errors import ConfigError
+from ..errors import ConfigError, HblError
 from ..genotype import load_genotype
 from ..losses import LossSpec, build_loss, parse_loss_spec
 from ..distributed import record_processes
@@ -59,6 +59,37 @@ class SearchResult:
 
 class Interrupted(Exception):
     """Raised inside a stage after a signal: the checkpoint is written, the run stops cleanly."""
+
+
+def _check_output(name: str, path: Path) -> None:
+    if name == "L":
+        parse_loss_spec(path)
+    elif name == "A":
+        load_genotype(path)
+    else:
+        from ..bundle import read_meta
+
+        read_meta(path.parent)
+
+
+def stage_done(out: Path, name: str) -> bool:
+    """Whether stage ``name``'s output (its done-marker, :data:`OUTPUTS`) is in ``out``.
+
+    Outputs are written atomically, so a truncated or corrupt one means the file was damaged
+    afterwards (or by an older version): that is a one-line :class:`ConfigError` saying to
+    delete it, rather than a silent re-run (stage L or A can cost hours) or a later crash.
+    """
+    path = out / OUTPUTS[name]
+    if not path.exists():
+        return False
+    try:
+        _check_output(name, path)
+    except HblError as e:
+        raise ConfigError(
+            f"stage {name}'s output is unreadable ({e}); delete {path} to re-run stage {name} "
+            "(with --resume it continues from its checkpoint when one is there)"
+        ) from None
+    return True
 
 
 def _check_run_dir(cfg: SearchConfig, out: Path, resume: bool) -> None:
@@ -111,7 +142,7 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, progress: Progress | 
     try:
         with _StopFlag() as flag:
             for name in cfg.stage_list:
-                if dist.on_main(lambda: (out / OUTPUTS[name]).exists()):
+                if dist.on_main(lambda: stage_done(out, name)):
                     log.info("stage %s already done (%s); skipping", name, OUTPUTS[name])
                     continue
                 result.report[name] = stages[name](cfg, out, progress if dist.is_main else None, flag, dist)
@@ -202,12 +233,11 @@ def _stage_records(out: Path, stage: str) -> list[dict[str, Any]]:
 def _upper_objective_l(cfg: SearchConfig, out: Path, dist: DistContext):
     from .objectives import OBJECTIVES
 
-    if cfg.objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    make = OBJECTIVES.get(cfg.objective)  # an unknown name: the registry's one-line ConfigError
     if cfg.objective != "critic":
-        return OBJECTIVES[cfg.objective](), {}
+        return make(), {}
     critic, info = dist.on_main(lambda: _critic(cfg, out))  # trained (or read) once, on rank 0
-    return OBJECTIVES["critic"](critic), info
+    return make(critic), info
 
 
 def _critic(cfg: SearchConfig, out: Path):
@@ -388,7 +418,8 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
 
     plot_alpha(net, out / "plots" / "alpha.png")
     plot_latency_vs_loss(_stage_records(out, "A"), out / "plots" / "latency_vs_loss.png", budget)
-    torch.save({"alpha": [a.detach() for a in net.arch_parameters()]}, out / "search" / "alpha.pt")
+    with atomic_path(out / "search" / "alpha.pt") as tmp:
+        torch.save({"alpha": [a.detach() for a in net.arch_parameters()]}, tmp)
     return dist.on_main(lambda: result)
 
 

@@ -43,13 +43,14 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from ..errors import ConfigError, HblError
 from ..genotype import DECODER_EDGES, ENCODER_EDGES, HNU_EDGES, Genotype, GenotypeLike, load_genotype
 from ..ops import get_space, make_op
+from ..registry import Registry
 
 FORMAT = "hbl-latency/1"
 VARIANTS = ("plain", "bn_folded")
@@ -592,7 +593,10 @@ def hinge(loss: torch.Tensor, lat: torch.Tensor, budget_ms: float, beta: float) 
     return loss * torch.clamp(lat / _budget(budget_ms), min=1.0) ** beta
 
 
-OBJECTIVES = {"additive": additive, "multiplicative": multiplicative, "hinge": hinge}
+#: ``--latency-form`` → objective ``f(loss, lat, budget_ms, beta)``.
+OBJECTIVES: Registry[Callable[..., torch.Tensor]] = Registry("latency form", ConfigError)
+for _fn in (additive, multiplicative, hinge):
+    OBJECTIVES.add(_fn.__name__, _fn)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hbl_edge.errors import ConfigError
+from hbl_edge.registry import Registry
 from hbl_edge.losses import _check_image, _check_pair
 from hbl_edge.metrics import ssim as _ssim
 from hbl_edge.search.critic import QualityCritic, freeze
@@ -146,17 +147,12 @@ class FidelityObjective(nn.Module):
 # ------------------------------------------------------------------------- registry
 
 ObjectiveFactory = Callable[..., nn.Module]
-OBJECTIVES: dict[str, ObjectiveFactory] = {}
+OBJECTIVES: Registry[ObjectiveFactory] = Registry("objective", ConfigError)
 
 
 def register_objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
     """Decorator adding a factory ``(**kwargs) -> nn.Module`` to :data:`OBJECTIVES`."""
-    def deco(factory: ObjectiveFactory) -> ObjectiveFactory:
-        if name in OBJECTIVES:
-            raise ValueError(f"objective {name!r} is already registered")
-        OBJECTIVES[name] = factory
-        return factory
-    return deco
+    return OBJECTIVES.register(name)
 
 
 @register_objective("critic")
@@ -178,7 +174,4 @@ def build_objective(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ConfigError: unknown name, or a missing critic.
     """
-    key = str(name).strip().lower()
-    if key not in OBJECTIVES:
-        raise ConfigError(f"unknown objective '{name}'; choose one of: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[key](**kwargs)
+    return OBJECTIVES.get(str(name).strip().lower())(**kwargs)

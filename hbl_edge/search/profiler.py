@@ -100,9 +100,9 @@ def _target(device: str, backend: str, dtype: str, device_tree: str | os.PathLik
 # Machine description
 # ---------------------------------------------------------------------------------------------
 def machine_info(torch_device: str = "cpu", backend: str = "onnxruntime", device_tree: Any = None) -> dict[str, Any]:
-    """What the numbers were measured on: :func:`hbl_edge.runtime.benchmark.machine_info` (CPU,
+    """What the numbers were measured on: :func:`hbl_edge.runtime.machine.machine_info` (CPU,
     cores, GPU, library versions) plus the Jetson model and a short ``name`` for labels."""
-    from ..runtime.benchmark import machine_info as runtime_machine_info
+    from ..runtime.machine import machine_info as runtime_machine_info
     from .devices import jetson_model_string
 
     info: dict[str, Any] = runtime_machine_info()

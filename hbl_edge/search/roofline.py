@@ -123,16 +123,21 @@ def estimate_table(
     resolution = parse_resolution(resolution, minimum=4)
     channels = parse_channels(channels)
     sp = get_space(space)
-    torch.manual_seed(0)
-    entries = []
-    for eg in entry_graphs(space, channels, resolution).values():
-        pos = Position("", 0, eg.entry["c_in"], eg.entry["c_out"], eg.entry["height"], eg.entry["width"], eg.entry["variant"])
-        module, _ = op_module(eg.entry["op"], pos)  # the op alone: the roofline counts its ReLUs as fixed parts
-        entries.append(dict(eg.entry, **_roofline_ms(module, [(1, pos.c_in, pos.height, pos.width)], spec)))
-    fixed = []
-    for fg in fixed_graphs(channels, resolution, "torch", relus=True):
-        module = _EstimateIO() if fg.meta["name"] == "io" else fg.graph.module
-        fixed.append(dict(fg.meta, **_roofline_ms(module, fg.graph.shapes, spec)))
+    # The op modules are built with random weights: seed them, but on a fork of the global RNG, so
+    # that estimating a table inside a search (rank 0 alone, under torchrun) leaves the caller's
+    # random stream, and with it the search, exactly as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        entries = []
+        for eg in entry_graphs(space, channels, resolution).values():
+            pos = Position("", 0, eg.entry["c_in"], eg.entry["c_out"], eg.entry["height"], eg.entry["width"],
+                           eg.entry["variant"])
+            module, _ = op_module(eg.entry["op"], pos)  # the op alone: the roofline counts its ReLUs as fixed parts
+            entries.append(dict(eg.entry, **_roofline_ms(module, [(1, pos.c_in, pos.height, pos.width)], spec)))
+        fixed = []
+        for fg in fixed_graphs(channels, resolution, "torch", relus=True):
+            module = _EstimateIO() if fg.meta["name"] == "io" else fg.graph.module
+            fixed.append(dict(fg.meta, **_roofline_ms(module, fg.graph.shapes, spec)))
     return _finish_estimate(spec, resolution, sp, channels, entries, fixed, units, out)
 
 

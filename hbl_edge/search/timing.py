@@ -81,21 +81,13 @@ def inputs(shapes: Sequence[tuple[int, ...]], gen: torch.Generator) -> list[torc
 # Machine load
 # ---------------------------------------------------------------------------------------------
 def load_snapshot() -> dict[str, Any]:
-    """Load average and CPU pressure now (``/proc/pressure/cpu`` "some" line where the kernel has it).
+    """:func:`hbl_edge.runtime.machine.machine_load` (load average, CPU pressure) plus the CPUs usable.
 
     Timings taken on a shared machine mean little without this beside them.
     """
-    snap: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    try:
-        snap["loadavg"] = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        snap["loadavg"] = None
-    try:
-        for line in Path("/proc/pressure/cpu").read_text().splitlines():
-            if line.startswith("some"):
-                snap["cpu_pressure_some"] = {k: float(v) for k, v in (p.split("=") for p in line.split()[1:]) if k != "total"}
-    except (OSError, ValueError):
-        pass
+    from ..runtime.machine import machine_load
+
+    snap = machine_load()
     try:
         snap["cpus_usable"] = len(os.sched_getaffinity(0))
     except AttributeError:

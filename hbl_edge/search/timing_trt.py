@@ -1,13 +1,12 @@
 """TensorRT timing harness of the latency profiler (needs an NVIDIA GPU, TensorRT and pycuda).
 
-Kept in one module, apart from the CPU harnesses in :mod:`hbl_edge.search.timing`: the engine
-build below is the profiler's own copy and is to be replaced by the shared engine-build function
-of :mod:`hbl_edge.export.engines` (which must then keep what this one does: an explicit-batch
-network on TensorRT 8.x, where ``create_network(0)`` makes an implicit-batch one that cannot
-parse our ONNX). Each graph becomes an engine with an exact-shape profile, run with
-``execute_async_v3`` on device buffers and synchronised on the stream. Written against
-TensorRT 10's named-tensor API; this repository's CI has no GPU, so treat its first run on a
-Jetson as a test.
+Kept in one module, apart from the CPU harnesses in :mod:`hbl_edge.search.timing`. Engines are
+built by :func:`hbl_edge.export.engines.build_serialized_engine`, the same build path as
+``hbl-edge export --engine`` (explicit-batch network on TensorRT 8.x, parser and CUDA errors as
+one line), so a graph the profiler times is built exactly as the deployed model is. Each graph
+becomes an engine with an exact-shape profile, run with ``execute_async_v3`` on device buffers
+and synchronised on the stream. Written against TensorRT 10's named-tensor API; this
+repository's CI has no GPU, so treat its first run on a Jetson as a test.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
 from ..runtime.runners import BackendError
 from .timing import Block, Graph, export_tiny, inputs
 
@@ -36,6 +34,7 @@ def import_tensorrt() -> Any:
 
 class TrtHarness:
     subtract_overhead = True
+    kind = "tensorrt"  # the engine library (:data:`hbl_edge.export.engines.ENGINE_KINDS`)
 
     def __init__(self, dtype: str, tmp: Path) -> None:
         trt = import_tensorrt()
@@ -56,32 +55,19 @@ class TrtHarness:
     def sync(self) -> None:
         self.stream.synchronize()
 
+    def serialize(self, onnx_path: Path, shapes: Sequence[tuple[int, ...]]) -> bytes:
+        """A serialized engine for ``onnx_path`` at exactly ``shapes``, built by the shared build path."""
+        from ..export import engines
+
+        return engines.build_serialized_engine(
+            onnx_path, shapes, kind=self.kind, fp16=self.dtype == "float16", logger=self.logger,
+        )
+
     def build(self, onnx_path: Path, shapes: Sequence[tuple[int, ...]]) -> Any:
-        trt = self.trt
-        builder = trt.Builder(self.logger)
-        flags = 0
-        if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(trt.__version__.split(".")[0]) < 10:
-            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse(onnx_path.read_bytes()):
-            raise BackendError(f"TensorRT cannot parse {onnx_path.name}: {parser.get_error(0)}")
-        config = builder.create_builder_config()
-        if self.dtype == "float16":
-            if not hasattr(trt.BuilderFlag, "FP16"):
-                raise ConfigError("this TensorRT is strongly typed (no FP16 flag); profile float32 or export FP16 ONNX")
-            config.set_flag(trt.BuilderFlag.FP16)
-        profile = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            t = network.get_input(i)
-            if any(d < 0 for d in t.shape):
-                s = tuple(shapes[i])
-                profile.set_shape(t.name, s, s, s)
-        config.add_optimization_profile(profile)
-        blob = builder.build_serialized_network(network, config)
-        if blob is None:
-            raise BackendError(f"TensorRT could not build an engine for {onnx_path.name}")
-        return self.runtime.deserialize_cuda_engine(blob)
+        engine = self.runtime.deserialize_cuda_engine(self.serialize(onnx_path, shapes))
+        if engine is None:
+            raise BackendError(f"TensorRT could not load the engine it built for {onnx_path.name}")
+        return engine
 
     def _bind(self, engine: Any, arrays: list[np.ndarray], plain: bool) -> Callable[[], Any]:
         trt, cuda = self.trt, self.cuda
