@@ -1,8 +1,8 @@
 """Search-step time with 1 and 2 processes (torch.distributed, gloo) on this CPU (issue 9 §1).
 
-One stage-A step as ``hbl-edge search`` runs it (second order, the default supernet 16/32 × 7,
-crop 64, the six weight-free terms, no latency term), in three set-ups that all use the same
-cores:
+One stage-A step as ``hbl-edge search`` runs it (second order, the default lower step, the
+default supernet 16/32 × 7, crop 64, the six weight-free terms, no latency term), in four
+set-ups that all use the same cores:
 
 - ``1p-2t-b4``: one process, 2 torch threads, batch 4;
 - ``1p-1t-b4``: one process, 1 thread, batch 4 (half the cores: the baseline of the others);
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -48,6 +49,16 @@ SETUPS: dict[str, dict[str, int]] = {
 def load_now() -> dict:
     """Measured machine load (:func:`hbl_edge.runtime.machine.machine_load`: loadavg, /proc/pressure/cpu)."""
     return machine_load()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -80,7 +91,8 @@ def worker(args: argparse.Namespace) -> None:
         dist.barrier()
         t0 = time.perf_counter()
         bilevel_step(state, order="second", lower_batch=lb, upper_batch=ub, lower_loss=criterion,
-                     upper_objective=lambda p, t: criterion(p, t)[0], clip=cfg.w_clip, dist=dist)
+                     upper_objective=lambda p, t: criterion(p, t)[0], clip=cfg.w_clip, dist=dist,
+                     lower_step=cfg.lower_step)
         dist.barrier()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
@@ -120,7 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args)
         return 0
+    import torch
+
+    from hbl_edge.search.config import SearchConfig
+
     setups = [s for s in args.setups.split(",") if s]
+    unknown = [s for s in setups if s not in SETUPS]
+    if unknown:
+        ap.error(f"unknown setup(s) {unknown}; known: {', '.join(SETUPS)}")
     start = load_now()
     print(f"load at start {start['loadavg']}", flush=True)
     times: dict[str, list[float]] = {s: [] for s in setups}
@@ -138,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": "distributed_step",
            "what": "seconds per stage-A second-order search step, 1 vs 2 processes (gloo) on this CPU",
            "setup": {"supernet": "16/32 x 7 HNUs, paper space, channels-last", "crop": 64, "loss": "six weight-free terms",
+                     "order": "second", "lower_step": SearchConfig.lower_step,
                      "rounds": args.rounds, "warmup": args.warmup, "steps": args.steps,
                      "timing": "barrier before and after each step; median over all timed steps of all rounds"},
-           "machine": {"logical_cpus": os.cpu_count()}, "load": {"start": start, "end": load_now()},
+           "machine": {"logical_cpus": os.cpu_count(), "cpu_model": cpu_model(), "torch": torch.__version__,
+                       "python": platform.python_version()},
+           "load": {"start": start, "end": load_now()},
            "results": results, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, doc)

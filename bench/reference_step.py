@@ -78,9 +78,11 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "weightfree": ("l1", "l2", "color", "ssim"),
     "perceptual": ("l1", "l2", "color", "ssim", "vgg", "lpips"),
 }
-#: hbl-edge variants (name → Supernet / step options); "ours" is what `hbl-edge search` runs.
+#: hbl-edge variants (name → Supernet / step options); "ours" is what `hbl-edge search` runs
+#: (its defaults: SearchConfig's lower step, edge BatchNorm, fused kernels, channels-last).
 VARIANTS: dict[str, dict[str, Any]] = {
     "ours": {},
+    "ours-alternating": {"lower_step": "alternating"},
     "ours-candidate-bn": {"hnu_norm": "candidate"},
     "ours-unfused": {"fuse": False},
     "ours-candidate-bn-unfused": {"hnu_norm": "candidate", "fuse": False, "contiguous": True},
@@ -274,7 +276,7 @@ def build_ours(variant: str, config: str, order: str, files: dict[str, str]) -> 
     opts = dict(VARIANTS[variant])
     contiguous, compile_ = opts.pop("contiguous", False), opts.pop("compile", False)
     lpips_net = opts.pop("lpips_net", "alex")
-    lower_step = opts.pop("lower_step", "alternating")
+    lower_step = opts.pop("lower_step", SearchConfig.lower_step)
     terms = CONFIGS[config]
     lower, upper = batches()
     torch.manual_seed(0)
@@ -410,6 +412,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hbl_edge.search.config import SearchConfig
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-dir", type=Path, help="a scratch copy of zhudear/HBLALS_pytorch")
     ap.add_argument("--reference-commit", help="the copy's commit, recorded in the JSON when the copy has no .git")
@@ -459,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"supernet": f"{CHANNELS[0]}/{CHANNELS[1]} x {UNITS} HNUs, paper space", "batch": BATCH, "crop": CROP,
                   "w_opt": f"SGD lr {LR} momentum {MOMENTUM} clip {CLIP}", "u_opt": "Adam lr 5e-4 betas 0.5/0.999 wd 1e-4",
                   "configs": {k: list(v) for k, v in CONFIGS.items()}, "variants": {k: VARIANTS[k] for k in impls if k in VARIANTS},
+                  "default_lower_step": SearchConfig.lower_step,
                   "rounds": args.rounds, "warmup": args.warmup, "data": "embedded lowlight crops, drawn before timing",
                   "reference": {"repository": "github.com/zhudear/HBLALS_pytorch", "commit": ref_commit,
                                 "shims": list(SHIMS)}},

@@ -15,12 +15,13 @@ import torch
 from hbl_edge.distributed import SINGLE, DistContext, init_from_env, sync_batchnorm_
 from hbl_edge.losses import build_loss
 from hbl_edge.search.objectives import fidelity_objective
-from hbl_edge.search.stages import BilevelState, bilevel_step, make_optimizers, normalise_weights_
+from hbl_edge.search.stages import BilevelState, bilevel_step, make_optimizers, normalise_weights_, place
 from hbl_edge.search.config import SearchConfig
 from hbl_edge.search.supernet import Supernet
 
 GLOBAL_BATCH = 4
-CASES = ("A-first", "A-second", "A-exact", "L-first", "L-second")
+CASES = ("A-first", "A-second", "A-exact", "L-first", "L-second", "A-second-simultaneous", "L-second-simultaneous",
+         "A-second-placed")
 STEPS = 2
 
 
@@ -33,11 +34,12 @@ def batches(step: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.T
 
 def run_case(case: str, dist: DistContext = SINGLE) -> dict[str, Any]:
     """Two bilevel steps of ``case`` ("A-second": stage A, second order, …) on this rank's slice."""
-    stage, order = case.split("-")
+    stage, order, *variant = case.split("-")
+    lower_step = "simultaneous" if "simultaneous" in variant else "alternating"
     torch.manual_seed(0)
     cfg = SearchConfig(w_lr=0.05, upper_lr=0.05)
     net = Supernet("paper", (4, 8), 1, seed=1, freeze_alpha=(stage == "L")).double()
-    net = sync_batchnorm_(net, dist).train()
+    net = (place(net, dist) if "placed" in variant else sync_batchnorm_(net, dist)).train()
     criterion = build_loss("l1=1,l2=1,color=1,tv=1").double()
     if stage == "L":
         criterion.weights.requires_grad_(True)
@@ -59,6 +61,7 @@ def run_case(case: str, dist: DistContext = SINGLE) -> dict[str, Any]:
         (x, y), (xv, yv) = batches(step)
         rec = bilevel_step(state, order=order, lower_batch=(x[lo], y[lo]), upper_batch=(xv[lo], yv[lo]),
                            lower_loss=criterion, upper_objective=objective, clip=cfg.w_clip, dist=dist,
+                           lower_step=lower_step,
                            after_upper=(lambda: normalise_weights_(criterion.weights)) if stage == "L" else None)
         out["hypergrads"].append([u.grad.detach().clone() for u in upper_vars])
         out["records"].append({k: v for k, v in rec.items() if isinstance(v, float)})

@@ -584,3 +584,30 @@ class TestTargetFeatureCache:
         del t  # a dead target never matches a new tensor at the same address
         t2 = torch.rand(2, 3, 48, 48)
         torch.testing.assert_close(module(p, t2), fresh(p, t2))
+
+
+@pytest.mark.parametrize("kind", ["vgg", "lpips"])
+def test_feature_networks_take_a_channels_last_prediction_in_their_weights_layout(kind):
+    """The search's supernet predicts channels-last on the CPU; the frozen feature networks
+    (contiguous weights) must see their first convolution's input in the weights' layout (else
+    oneDNN reorders at every convolution), with values and input gradients unchanged."""
+    from hbl_edge.losses import LPIPS, VGG19Features
+
+    torch.manual_seed(0)
+    net = VGG19Features() if kind == "vgg" else LPIPS(net="alex")
+    seen = []
+    net.features[0].register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].is_contiguous()))
+    x = torch.rand(1, 3, 40, 40)
+    y = torch.rand(1, 3, 40, 40)
+
+    def loss_and_grad(t):
+        t = t.clone().requires_grad_(True)
+        loss = sum(o.sum() for o in net(t, [3, 8]).values()) if kind == "vgg" else net(t, y).sum()
+        loss.backward()
+        return loss.detach(), t.grad
+
+    l_c, g_c = loss_and_grad(x)
+    l_cl, g_cl = loss_and_grad(x.contiguous(memory_format=torch.channels_last))
+    assert seen[-1] is True  # the channels-last input was converted to the weights' layout
+    torch.testing.assert_close(l_cl, l_c, rtol=1e-6, atol=0)
+    torch.testing.assert_close(g_cl, g_c, rtol=1e-5, atol=1e-8)

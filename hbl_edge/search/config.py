@@ -46,7 +46,7 @@ class SearchConfig:
     latency_spinning: bool | None = None
     # bilevel optimisation (DESIGN §5)
     order: str = "second"
-    lower_step: str = "alternating"  # alternating (DARTS) | simultaneous (reuses the virtual step's gradient)
+    lower_step: str = "simultaneous"  # reuses the virtual step's gradient (docs/search.md) | alternating (DARTS)
     objective: str = "critic"  # stage L upper objective: critic | fidelity (docs/benchmarks.md)
     critic: str | None = None  # a user critic (safetensors); None = train one at the start of stage L
     critic_steps: int = 200

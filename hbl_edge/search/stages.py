@@ -104,15 +104,16 @@ def bilevel_step(
     clip: float,
     after_upper: Callable[[], None] | None = None,
     dist: DistContext = SINGLE,
-    lower_step: str = "alternating",
+    lower_step: str = "simultaneous",
 ) -> dict[str, Any]:
     """One upper step (hypergradient) then one lower step (SGD). Returns the step's record.
 
-    ``lower_step`` (:data:`LOWER_STEPS`): ``"alternating"`` (DARTS, the reference code) takes
-    the lower step at the updated upper variables, ∇_w L_tr(w_t, u_{t+1}), with a pass of its
-    own; ``"simultaneous"`` takes it with ∇_w L_tr(w_t, u_t), the gradient the second-order
-    virtual step has just computed on the same batch, and saves that pass (one of five). The
-    first order has no virtual step and always takes its own lower pass.
+    ``lower_step`` (:data:`LOWER_STEPS`): ``"simultaneous"`` (the default, as in
+    :class:`~hbl_edge.search.config.SearchConfig`) takes the lower step with ∇_w L_tr(w_t, u_t),
+    the gradient the second-order (or exact) virtual step has just computed on the same batch,
+    and saves that pass (one of five); ``"alternating"`` (DARTS, the reference code) takes it at
+    the updated upper variables, ∇_w L_tr(w_t, u_{t+1}), with a pass of its own. The first order
+    has no virtual step and always takes its own lower pass. Why the default: docs/search.md.
 
     ``dist``: data parallelism (:mod:`hbl_edge.distributed`). Each rank passes its own slice
     of the global batch; every gradient (the hypergradient's internal ones, the lower step's)
