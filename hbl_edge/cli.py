@@ -493,7 +493,7 @@ def genotype_show(spec: str = typer.Argument(..., help="built-in name or genotyp
 
     g = load_genotype(spec)
     console.print_json(json.dumps(g.to_dict()))
-    console.print(f"{count_parameters(Network(g)):,} parameters; {g.summary()}")
+    console.print(f"{count_parameters(Network.from_genotype(g)):,} parameters; {g.summary()}")
 
 
 @genotype_app.command("list")

@@ -69,8 +69,13 @@ class TrainConfig:
     threads: int | None = None
 
     def validate(self) -> None:
-        get_task(self.task)
-        load_genotype(self.genotype)
+        task = get_task(self.task)
+        genotype = load_genotype(self.genotype)
+        if genotype.macro is not None and genotype.macro.model != task.inverse:
+            raise ConfigError(
+                f"genotype {self.genotype!r} applies the {genotype.macro.model} model, but task {task.name!r} "
+                f"inverts with {task.inverse}; pick an edge genotype made for {task.name}"
+            )
         if self.steps < 1:
             raise ConfigError(f"--steps must be ≥ 1, got {self.steps}")
         if self.batch_size < 2:
@@ -134,6 +139,38 @@ def validate(model: Network, source, crop: int | None) -> dict[str, float]:
         "input_ssim": sum(ss_in) / n,
         "images": len(ps),
     }
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: Network, source, limit: int | None = None) -> int:
+    """Re-estimate every BatchNorm's running statistics on whole images of ``source``.
+
+    Training on crops leaves running statistics of crops; a network that then sees whole frames
+    (a night shot's global exposure, the full field of view) normalises them with statistics of
+    a different distribution. This pass resets the statistics and averages them over the
+    inputs of ``source`` (full size, one image per forward pass, cumulative average:
+    ``momentum=None``); weights are untouched. Returns the number of images used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    was_training = model.training
+    saved = [(bn.momentum, bn.training) for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    n = len(source) if limit is None else min(limit, len(source))
+    try:
+        for i in range(n):
+            _name, inp, _tgt = source.load(i)
+            model(torch.from_numpy(inp.transpose(2, 0, 1).copy())[None])
+    finally:
+        for bn, (momentum, training) in zip(bns, saved):
+            bn.momentum = momentum
+            bn.train(training)
+        model.train(was_training)
+    return n
 
 
 class _StopFlag:
@@ -208,7 +245,7 @@ class TrainSession:
         self.val_src = open_dataset(cfg.data, cfg.task, "val", strict=cfg.strict_data, seed=cfg.seed)
         self.sampler = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=cfg.seed)
 
-        self.model = Network(load_genotype(cfg.genotype))
+        self.model = Network.from_genotype(cfg.genotype)  # the paper network or an edge network
         self.opt = make_optimizer(cfg, self.model.parameters())
         self.sched = make_schedule(cfg, self.opt)
         self.step, self.best = 0, {}
@@ -280,6 +317,9 @@ class TrainSession:
 
     def _train_step(self) -> dict[str, Any]:
         inp, tgt = self.sampler.batch(self.step)
+        init = getattr(self.model, "init_from_data", None)
+        if self.step == 0 and init is not None:  # an edge network's data-dependent start (before any step)
+            log.info("data-dependent init: %s", init(inp, tgt))
         loss, terms = self.criterion(self.model(inp), tgt)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; lower --lr or check the data")
