@@ -332,3 +332,43 @@ def test_onnx_export_parity_and_ops(tmp_path, genotype):
     assert "Gather" not in consumers, consumers
     meta = json.loads((tmp_path / "export.json").read_text())
     assert meta["source"]["genotype"]["format"] == "hbl-genotype/2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Training helpers: data-dependent start, BatchNorm recalibration
+# ---------------------------------------------------------------------------------------------
+def test_init_from_data_sets_the_exposure_ratio():
+    torch.manual_seed(0)
+    net = Network.from_genotype(tiny(scale=2, map_channels=3)).train()
+    x = torch.rand(2, 3, 16, 16) * 0.1
+    target = x * torch.tensor([5.0, 4.0, 8.0]).reshape(1, 3, 1, 1)
+    net.eval()  # so the check below sees the same z as the call (BN statistics fixed)
+    got = net.init_from_data(x, target)
+    assert got["L"] == pytest.approx([0.2, 0.25, 0.125], abs=1e-4)
+    with torch.no_grad():
+        z = net.core(pad_low(box_downscale(x, 2)))[:, :, :8, :8]
+        level = torch.sigmoid(z.mean(dim=(0, 2, 3)) + net.head.bias.flatten())
+    torch.testing.assert_close(level, torch.tensor([0.2, 0.25, 0.125]), atol=1e-5, rtol=0)
+    assert Network.from_genotype(tiny(model="scattering")).init_from_data(x, target) == {}
+
+
+def test_recalibrate_batchnorm_averages_whole_image_statistics():
+    from hbl_edge.data import PairSource
+    from hbl_edge.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = Network.from_genotype("conv3x3").eval()
+    rng = np.random.default_rng(0)
+    images = [rng.random((h, w, 3)).astype(np.float32) for h, w in ((20, 28), (24, 16), (12, 12))]
+    src = PairSource.from_arrays([(f"i{k}", im, im) for k, im in enumerate(images)], description="t")
+    bn = net.units[0].branch_r[0].bn
+    seen = []
+    hook = net.units[0].branch_r[0].op.register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    with torch.no_grad():
+        for im in images:
+            net(torch.from_numpy(im.transpose(2, 0, 1).copy())[None])
+    hook.remove()
+    expected = torch.stack([s.mean(dim=(0, 2, 3)) for s in seen]).mean(0)
+    assert recalibrate_batchnorm(net, src) == 3
+    torch.testing.assert_close(bn.running_mean, expected, atol=1e-5, rtol=1e-5)
+    assert not net.training and bn.momentum == 0.1  # modes and momentum restored
