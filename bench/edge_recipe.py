@@ -6,7 +6,7 @@ SSIM, native size; ``hbl_edge.metrics.score_pair``):
 * ``test``          LOL-15 (the ``lol_`` images of ``--test``) as the model runs (running BN stats);
 * ``test_oracle``   the same outputs after the best global gain per image, g* = ⟨x, y⟩/⟨x, x⟩:
                     how much of the error is the global exposure alone (a crop cannot see it);
-* ``test_recal``    the model after :func:`hbl_edge.train.recalibrate_batchnorm` on the whole
+* ``test_recal``    the model after :func:`recalibrate_batchnorm` on the whole
                     training images (BN statistics of full frames instead of crops);
 * ``test_batchstats`` BatchNorm in train mode at test: each image normalised by its own statistics
                     (what the reference code does, since it never calls eval(); not deployable on
@@ -45,7 +45,38 @@ from hbl_edge.bundle import load_bundle, read_meta  # noqa: E402
 from hbl_edge.data import open_dataset, val_batches  # noqa: E402
 from hbl_edge.metrics import psnr as torch_psnr, score_pair, ssim as torch_ssim  # noqa: E402
 from hbl_edge.runio import versions, write_json  # noqa: E402
-from hbl_edge.train import recalibrate_batchnorm  # noqa: E402
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, source, limit: int | None = None) -> int:
+    """Re-estimate every BatchNorm's running statistics on whole images of ``source``.
+
+    Training on crops leaves running statistics of crops; a network that then sees whole frames
+    (a night shot's global exposure, the full field of view) normalises them with statistics of
+    a different distribution. This pass resets the statistics and averages them over the
+    inputs of ``source`` (full size, one image per forward pass, cumulative average:
+    ``momentum=None``); weights are untouched. Returns the number of images used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    was_training = model.training
+    saved = [(bn.momentum, bn.training) for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    n = len(source) if limit is None else min(limit, len(source))
+    try:
+        for i in range(n):
+            _name, inp, _tgt = source.load(i)
+            model(torch.from_numpy(inp.transpose(2, 0, 1).copy())[None])
+    finally:
+        for bn, (momentum, training) in zip(bns, saved):
+            bn.momentum = momentum
+            bn.train(training)
+        model.train(was_training)
+    return n
 
 
 def shared_data() -> Path | None:

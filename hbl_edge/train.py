@@ -141,38 +141,6 @@ def validate(model: Network, source, crop: int | None) -> dict[str, float]:
     }
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(model: Network, source, limit: int | None = None) -> int:
-    """Re-estimate every BatchNorm's running statistics on whole images of ``source``.
-
-    Training on crops leaves running statistics of crops; a network that then sees whole frames
-    (a night shot's global exposure, the full field of view) normalises them with statistics of
-    a different distribution. This pass resets the statistics and averages them over the
-    inputs of ``source`` (full size, one image per forward pass, cumulative average:
-    ``momentum=None``); weights are untouched. Returns the number of images used.
-    """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return 0
-    was_training = model.training
-    saved = [(bn.momentum, bn.training) for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    n = len(source) if limit is None else min(limit, len(source))
-    try:
-        for i in range(n):
-            _name, inp, _tgt = source.load(i)
-            model(torch.from_numpy(inp.transpose(2, 0, 1).copy())[None])
-    finally:
-        for bn, (momentum, training) in zip(bns, saved):
-            bn.momentum = momentum
-            bn.train(training)
-        model.train(was_training)
-    return n
-
-
 class _StopFlag:
     """SIGINT/SIGTERM set a flag; the loop checkpoints and exits at the next step boundary."""
 
