@@ -1,4 +1,6 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
+# They install everything (the torch-free core + the train, video and dev extras); a device that
+# only runs models installs the core alone (docs/deployment.md, "Installing on a device").
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,video,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

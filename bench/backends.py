@@ -25,6 +25,7 @@ import torch
 from rich.console import Console
 
 from hbl_edge.bundle import save_bundle
+from hbl_edge.export.pipeline import ensure_export
 from hbl_edge.genotype import NAMED_GENOTYPES, Genotype, load_genotype
 from hbl_edge.network import Network, count_parameters
 from hbl_edge.runio import write_json
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hbl-bench-") as tmp:
         for label, genotype in genotypes.items():
             bundle = make_bundle(genotype, Path(tmp) / label.split()[0])
+            ensure_export(bundle)  # the benchmark runs BUNDLE/export (load_model); it no longer exports itself
             params = count_parameters(Network(genotype))
             for w, h in RESOLUTIONS:
                 console.print(f"[bold]{label}[/] ({params:,} parameters) at {w}×{h} …")

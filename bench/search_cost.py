@@ -209,6 +209,15 @@ def machine_info() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform(), "loadavg_start": load}
 
 
+def _load() -> dict[str, Any]:
+    out: dict[str, Any] = {"loadavg": list(os.getloadavg())}
+    try:
+        out["cpu_pressure"] = Path("/proc/pressure/cpu").read_text().strip().splitlines()
+    except OSError:
+        pass
+    return out
+
+
 def n_params(cfg: dict[str, Any]) -> dict[str, int]:
     net = Supernet("paper", cfg["channels"], cfg["units"], seed=1)
     return {"weights": sum(p.numel() for p in net.weight_parameters()),
@@ -253,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     info = machine_info()
+    load_start = _load()
     print(f"machine: {info['cpu_model']}, {info['logical_cpus']} CPUs, torch {info['torch']} "
           f"({info['torch_threads']} threads), load {info['loadavg_start']}", flush=True)
     results: dict[str, Any] = {}
@@ -288,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "VmRSS after setup",
                   "mem_steps": args.mem_steps},
         "machine": info,
-        "shared_machine": "yes: another long benchmark ran concurrently on the same 2 cores; "
-                          "absolute times are inflated and noisy, ratios (paired per round) are the robust figure",
+        "load": {"start": load_start, "end": _load()},  # measured, not assumed: loadavg and CPU pressure
         "results": results,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }

@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -52,13 +53,14 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except HblError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # escape: a message naming `pip install 'hbl-edge[train]'` must not lose "[train]" as markup
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _progress() -> Progress:
+def _progress(transient: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -67,6 +69,7 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
+        transient=transient,
     )
 
 
@@ -92,11 +95,15 @@ def train(
     strict: bool = typer.Option(False, help="fail on unmatched or mismatched pairs instead of skipping them"),
     vgg_weights: Optional[Path] = typer.Option(None, help="local VGG19 weights (enables the vgg loss term)"),
     lpips_weights: Optional[Path] = typer.Option(None, help="local LPIPS weights (enables the lpips term)"),
+    lpips_net: Optional[str] = typer.Option(None, help="LPIPS backbone: alex | vgg (default: read off the weight file)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     out: Path = typer.Option(Path("runs/train"), help="run directory"),
     resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
 ) -> None:
-    """Train a network of a fixed genotype (stage T) and write a model bundle."""
+    """Train a network of a fixed genotype (stage T) and write a model bundle.
+
+    Data parallel under torchrun: `torchrun --nproc-per-node N -m hbl_edge train ...` (docs/distributed.md).
+    """
     from .train import TrainConfig
 
     cfg = TrainConfig(
@@ -104,8 +111,13 @@ def train(
         crop=crop, optimizer=optimizer, lr=lr, schedule=schedule, clip=clip, val_every=val_every,
         ckpt_every=ckpt_every, seed=seed, deterministic=deterministic, strict_data=strict,
         vgg_weights=str(vgg_weights) if vgg_weights else None,
-        lpips_weights=str(lpips_weights) if lpips_weights else None, threads=threads,
+        lpips_weights=str(lpips_weights) if lpips_weights else None, lpips_net=lpips_net, threads=threads,
     )
+    if not _is_main_process():
+        from .train import train as run_train
+
+        run_train(cfg, resume=resume)
+        return
     result = _train_with_progress(cfg, resume=resume)
     if result.interrupted:
         raise typer.Exit(130)
@@ -114,6 +126,17 @@ def train(
         f"[green]done[/]: {result.out}  val PSNR {m['val_psnr']:.2f} dB (input {m['val_input_psnr']:.2f}), "
         f"SSIM {m['val_ssim']:.3f} (input {m['val_input_ssim']:.3f})"
     )
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun launch (or a plain process) draws progress and prints results;
+    the other ranks only report errors."""
+    from .distributed import env_rank
+
+    if env_rank() == 0:
+        return True
+    logging.getLogger("hbl_edge").setLevel(logging.ERROR)
+    return False
 
 
 def _train_with_progress(cfg, resume: bool = False, description: str = "train"):
@@ -129,38 +152,61 @@ def _train_with_progress(cfg, resume: bool = False, description: str = "train"):
                 last_val["v"] = f"val {rec['val_psnr']:.2f} dB"
             prog.update(bar, completed=step, status=f"loss {rec['loss']:.4f} {last_val['v']}")
 
-        return session.run(on_step)
+        result = session.run(on_step)
+    session.dist.barrier()  # under torchrun: every rank is done, leave the process group together
+    session.dist.shutdown()
+    return result
+
+
+MODEL_HELP = "model: a bundle (run directory), its export/ folder, or a copy of that folder"
+BACKEND_HELP = ("auto | trt | trt-rtx | ort | torch. auto: the first that can run the model here, in that order "
+                "(trt/trt-rtx build an engine from the ONNX on this machine, cached; torch needs the bundle)")
+
+
+def _torch_present() -> bool:
+    from .runtime.runners import unavailable_reason
+
+    return unavailable_reason("torch") is None
+
+
+def _deploy_model(model: Path, backend: str) -> Path:
+    """On a machine with torch, a bundle's export/ is brought up to date before a deploy command runs it."""
+    if backend not in ("torch", "torch-compile"):
+        from .export.pipeline import ensure_export
+
+        ensure_export(model)
+    return model
 
 
 @app.command()
 @user_errors
 def enhance(
     inputs: List[Path] = typer.Argument(..., help="image files and/or folders"),
-    model: Path = typer.Option(..., "--model", "-m", help="model bundle (run directory)"),
+    model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     out: Path = typer.Option(Path("enhanced"), help="output folder"),
-    tile: Optional[int] = typer.Option(None, help="tile side for large images (default: automatic above 4 MP)"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (torch or onnxruntime)"),
+    tile: Optional[int] = typer.Option(
+        None, help="tile side for large images (default: automatic above 4 MP or beyond an engine's profiles)"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (onnxruntime or torch)"),
     overwrite: bool = typer.Option(False, help="replace existing outputs"),
-    backend: str = typer.Option(
-        "auto", help="auto | trt | trt-rtx | ort | torch. auto: the first that runs here, in that order "
-        "(ort uses BUNDLE/export/model.onnx, exported when missing; trt/trt-rtx build a cached engine beside it)",
-    ),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16: model.fp16.onnx (ort) or an FP16 engine (trt, trt-rtx)"),
 ) -> None:
-    """Enhance images with a trained model bundle."""
+    """Enhance images with a trained model (a bundle or an export/ folder; no torch needed for the latter)."""
     from .enhance import enhance_paths
-    from .evaluate import model_method
+    from .runtime.model import load_model
 
     if tile is not None and tile < 32:
         raise ConfigError(f"--tile must be at least 32 pixels, got {tile}")
     files = _collect_images(inputs)
-    method = model_method(model, tile=tile, threads=threads, backend=backend)
-    with _progress() as prog:
-        bar = prog.add_task(f"enhance ({method.info['backend']})", total=len(files), status="")
-        report = enhance_paths(
-            files, method, out, overwrite=overwrite,
-            progress=lambda i, name: prog.update(bar, completed=i, status=name),
-        )
-    console.print(f"[green]wrote[/] {report['written']} image(s) to {out}" + (
+    with load_model(_deploy_model(model, backend), backend, threads=threads, fp16=fp16) as loaded:
+        # transient: a run that ends in an error leaves only the error line behind
+        with _progress(transient=True) as prog:
+            bar = prog.add_task(f"enhance ({loaded.backend})", total=len(files), status="")
+            report = enhance_paths(
+                files, lambda img: loaded.enhance(img, tile=tile), out, overwrite=overwrite,
+                progress=lambda i, name: prog.update(bar, completed=i, status=name),
+            )
+    console.print(f"[green]wrote[/] {report['written']} image(s) to {out} with {loaded.backend}" + (
         f"; skipped {len(report['failed'])} unreadable: {', '.join(report['failed'][:5])}" if report["failed"] else ""
     ) + (f"; kept {report['existing']} existing (pass --overwrite)" if report["existing"] else ""))
 
@@ -185,7 +231,7 @@ def _collect_images(inputs: List[Path]) -> List[Path]:
 @app.command("eval")
 @user_errors
 def eval_cmd(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="model bundle (run directory)"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     baseline: Optional[str] = typer.Option(None, help="classical baseline name instead of a model"),
     data: str = typer.Option("embedded", help="'embedded' (test split) or a folder, paired or unpaired"),
     task: Optional[str] = typer.Option(None, help="task (default: the bundle's, or the baseline's)"),
@@ -193,14 +239,22 @@ def eval_cmd(
     save_images: bool = typer.Option(False, help="also write the enhanced images"),
     tile: Optional[int] = typer.Option(None),
     threads: Optional[int] = typer.Option(None),
+    backend: str = typer.Option("torch", help="torch | ort | trt | trt-rtx | auto (torch: the bundle's weights as trained)"),
 ) -> None:
     """Score a model or a classical baseline: PSNR/SSIM on pairs, UIQM/UCIQE without references."""
     from .evaluate import baseline_method, evaluate, model_method
 
     if (model is None) == (baseline is None):
         raise ConfigError("give exactly one of --model BUNDLE or --baseline NAME")
-    method = model_method(model, tile=tile, threads=threads) if model else baseline_method(baseline)
-    report = evaluate(method, data, task or method.info["task"], out=out, save_images=save_images)
+    method = model_method(model, tile=tile, threads=threads, backend=backend) if model else baseline_method(baseline)
+    try:
+        task_name = task or method.info["task"]
+        if task_name is None:
+            raise ConfigError(f"{model}: the export records no task; pass --task lowlight|dehaze|underwater")
+        report = evaluate(method, data, task_name, out=out, save_images=save_images)
+    finally:
+        if method.close is not None:
+            method.close()
     print_report(report)
     console.print(f"report: {out / 'eval.json'}")
 
@@ -266,14 +320,18 @@ def _parity_table(rows: list) -> Table:
 @app.command()
 @user_errors
 def export(
-    bundle: Optional[Path] = typer.Argument(None, help="model bundle (run directory); default: the newest run under ./runs"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default: BUNDLE/export)"),
-    opset: int = typer.Option(17, help="ONNX opset, 13–20 (17: parsed by TensorRT 10.3 on JetPack 6 and newer)"),
-    tolerance: float = typer.Option(1e-4, help="max |ONNX Runtime − PyTorch| accepted (FP32)"),
-    fp16: bool = typer.Option(False, "--fp16", help="also write model.fp16.onnx (FP16 compute, float32 I/O)"),
-    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (Q/DQ, calibrated on the task's data)"),
-    calib_data: str = typer.Option("embedded", help="INT8 calibration/validation data: 'embedded' or a dataset folder"),
-    calib_samples: int = typer.Option(32, help="INT8 calibration crops"),
+    bundle: Optional[Path] = typer.Argument(
+        None, help="a model bundle (run directory; default: the newest run under ./runs), or an export/ folder "
+        "(or a copy of one) to build an engine from, with --engine: no torch needed"),
+    out: Optional[Path] = typer.Option(
+        None, help="output folder (default: BUNDLE/export; for an export folder: the folder itself, or the user "
+        "cache when it is read-only)"),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset, 13–20 (default 17: parsed by TensorRT 10.3 on JetPack 6 and newer)"),
+    tolerance: Optional[float] = typer.Option(None, help="max |ONNX Runtime − PyTorch| accepted (FP32; default 1e-4)"),
+    fp16: bool = typer.Option(False, "--fp16", help="also write model.fp16.onnx (FP16 compute, float32 I/O); an FP16 engine"),
+    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (Q/DQ, calibrated on the task's data); an INT8 engine"),
+    calib_data: Optional[str] = typer.Option(None, help="INT8 calibration/validation data: 'embedded' (default) or a dataset folder"),
+    calib_samples: Optional[int] = typer.Option(None, help="INT8 calibration crops (default 32)"),
     engine: Optional[str] = typer.Option(
         None, help="also build an engine: tensorrt | tensorrt-rtx (precision: int8 with --int8, else fp16 with --fp16, else fp32)"),
     shapes: Optional[List[str]] = typer.Option(
@@ -284,16 +342,58 @@ def export(
         None, "--compute-capability", help="TensorRT-RTX target, e.g. SM86; repeat for several"),
     force_rebuild: bool = typer.Option(False, help="rebuild the engine even when the cache holds a matching one"),
 ) -> None:
-    """Export a bundle to ONNX (+ FP16/INT8) with parity checks, and optionally build a TensorRT(-RTX) engine."""
+    """Export a bundle to ONNX (+ FP16/INT8) with parity checks, and optionally build a TensorRT(-RTX) engine;
+    or, given an export/ folder, build the engine only (on the device, no torch)."""
+    from .runtime.model import resolve_model_path
+
+    source = resolve_model_path(_bundle_or_newest(bundle))
+    export_options = {"--opset": opset, "--tolerance": tolerance, "--calib-data": calib_data,
+                      "--calib-samples": calib_samples}
+    if source.kind == "bundle" and _torch_present():
+        return _export_bundle(source.bundle_dir, out, opset=17 if opset is None else opset,
+                              tolerance=1e-4 if tolerance is None else tolerance, fp16=fp16, int8=int8,
+                              calib_data=calib_data or "embedded", calib_samples=32 if calib_samples is None else calib_samples,
+                              engine=engine, shapes=shapes, workspace_mb=workspace_mb, timing_cache=timing_cache,
+                              compute_capabilities=compute_capability, force_rebuild=force_rebuild)
+    # From here on: an export folder (or a bundle on a machine without torch): engines only.
+    if source.kind == "bundle" and (source.export_dir is None or engine is None):
+        raise ConfigError(
+            f"exporting {source.bundle_dir} to ONNX needs torch, which is not installed here; export it on the "
+            "training machine (`pip install 'hbl-edge[train]'`) and copy its export/ folder here, then build the "
+            "engine with `hbl-edge export EXPORT_DIR --engine tensorrt`"
+        )
+    if engine is None:
+        raise ConfigError(
+            f"{source.export_dir} is an export folder (already exported); add --engine tensorrt or --engine "
+            "tensorrt-rtx to build an engine from it" + (", or pass the bundle to export it again" if source.bundle_dir else "")
+        )
+    given = [k for k, v in export_options.items() if v is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to exporting a bundle to ONNX; {source.export_dir} is already "
+                          "exported (drop them, or pass the bundle on a machine with torch)")
+    if source.kind == "bundle":
+        err_console.print(f"torch is not installed here: building the engine from the existing {source.export_dir} "
+                          "(not exported again)", highlight=False, soft_wrap=True)
+    from .export.pipeline import build_engine_for_export
+
+    with console.status(f"building the {engine} engine"):
+        r = build_engine_for_export(source.export_dir, out, kind=engine, shapes=shapes, fp16=fp16, int8=int8,
+                                    workspace_mb=workspace_mb, timing_cache=timing_cache,
+                                    compute_capabilities=compute_capability, force=force_rebuild)
+    _print_engine(r)
+
+
+def _print_engine(r) -> None:
+    console.print(f"[green]{'built' if r.built else 'cached'}[/] {r.path.name} ({r.kind} {r.library_version}, "
+                  f"{r.precision}, {'; '.join(r.profiles)}, device {r.device}) in {r.path.parent}", highlight=False)
+
+
+def _export_bundle(bundle: Path, out: Optional[Path], *, opset: int, **options) -> None:
     from .export.pipeline import export_bundle
 
-    bundle = _bundle_or_newest(bundle)
+    engine, int8 = options.get("engine"), options.get("int8")
     with console.status("exporting ONNX, checking parity" + (", quantising, building the engine" if engine or int8 else "")):
-        s = export_bundle(
-            bundle, out, opset=opset, tolerance=tolerance, fp16=fp16, int8=int8, calib_data=calib_data,
-            calib_samples=calib_samples, engine=engine, shapes=shapes, workspace_mb=workspace_mb,
-            timing_cache=timing_cache, compute_capabilities=compute_capability, force_rebuild=force_rebuild,
-        )
+        s = export_bundle(bundle, out, opset=opset, **options)
     result, q = s.onnx, s.int8
     rows = []
     for label, rep in ((result.onnx_path.name, result.parity), (f"{result.onnx_path.stem}.fp16.onnx", result.fp16_parity)):
@@ -308,22 +408,20 @@ def export(
     console.print(f"[green]wrote[/] {', '.join(p.name for p in s.written)} and {result.meta_path.name} to {s.out_dir} "
                   f"(opset {opset})")
     if s.engine is not None:
-        r = s.engine
-        console.print(f"[green]{'built' if r.built else 'cached'}[/] {r.path.name} ({r.kind} {r.library_version}, "
-                      f"{r.precision}, {'; '.join(r.profiles)}, device {r.device})")
+        _print_engine(s.engine)
 
 
 @app.command()
 @user_errors
 def bench(
-    bundle: Optional[Path] = typer.Argument(None, help="model bundle (run directory); default: the newest run under ./runs"),
+    model: Optional[Path] = typer.Argument(None, help=MODEL_HELP + "; default: the newest run under ./runs"),
     backend: str = typer.Option("ort,torch", help="comma-separated: ort, torch, torch-compile, trt, trt-rtx"),
     resolution: str = typer.Option("1280x720", help="WIDTHxHEIGHT of the input"),
     batch: int = typer.Option(1, help="images per call"),
     warmup: int = typer.Option(3, help="untimed calls per backend first"),
     iters: int = typer.Option(20, help="timed rounds (each runs every backend once, order rotated)"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for ort and torch (default: each library's)"),
-    fp16: bool = typer.Option(False, "--fp16", help="trt/trt-rtx: FP16 engines"),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16: model.fp16.onnx (ort), FP16 engines (trt, trt-rtx)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
 ) -> None:
     """Latency of several backends side by side: p50/p90/p99 and images/s, with what it ran on."""
@@ -332,14 +430,131 @@ def bench(
 
     names = parse_backends(backend)
     res = parse_resolution(resolution)
-    bundle = _bundle_or_newest(bundle)
+    model = _bundle_or_newest(model)
+    if any(n not in ("torch", "torch-compile") for n in names):
+        _deploy_model(model, "ort")
     with console.status("benchmarking") as status:
-        report = run_benchmark(bundle, names, resolution=res, batch=batch, warmup=warmup, iters=iters,
+        report = run_benchmark(model, names, resolution=res, batch=batch, warmup=warmup, iters=iters,
                                threads=threads, fp16=fp16, progress=lambda m: status.update(m))
     console.print(render_table(report))
     if json_path is not None:
         write_json(json_path, report.to_dict())
         console.print(f"report: {json_path}")
+
+
+@app.command()
+@user_errors
+def stream(
+    source: str = typer.Argument(..., metavar="INPUT", help=(
+        "video file or file://, image folder or glob, rtp://@:PORT (H.264 RTP, BlueOS: rtp://@:5600), an .sdp file, "
+        "rtsp://HOST:PORT/PATH, udp://@:PORT (MPEG-TS), /dev/videoN or v4l2://, csi://N")),
+    outputs: Optional[List[str]] = typer.Argument(None, metavar="[OUTPUT]...", help=(
+        "any number of: video file (.mp4/.mkv), image folder, rtp://HOST:PORT (+ an .sdp beside it), "
+        "udp://HOST:PORT (MPEG-TS), rtsp://@:PORT/NAME (served), display://0")),
+    model: Path = typer.Option(..., "--model", "-m", help="a bundle, its export/ folder, or a copy of that folder"),
+    backend: str = typer.Option("auto", help="auto | trt | trt-rtx | ort | torch"),
+    fp16: bool = typer.Option(False, "--fp16", help="the FP16 model/engine when there is one"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads of the backend"),
+    input_codec: str = typer.Option("h264", help="RTP payload codec: h264 | h265"),
+    input_width: Optional[int] = typer.Option(None, help="ask the camera for / resize frames to this width"),
+    input_height: Optional[int] = typer.Option(None, help="ask the camera for / resize frames to this height"),
+    input_rate: Optional[float] = typer.Option(None, help="frames per second to ask for / keep"),
+    input_latency: int = typer.Option(0, help="RTSP jitter buffer, ms"),
+    input_loop: int = typer.Option(0, help="file inputs: 0 play once, N more times, -1 forever"),
+    input_flip: str = typer.Option("none", help="none | horizontal | vertical | rotate-180"),
+    input_transport: str = typer.Option("tcp", help="RTSP transport: tcp | udp"),
+    input_timeout: float = typer.Option(2.0, help="seconds of silence after which a live input counts as lost (then reconnect)"),
+    input_receiver: str = typer.Option("auto", help="RTP/RTSP receive path: auto | packets | gstreamer | pyav (docs/runtime.md)"),
+    output_codec: str = typer.Option("h264", help="encoded outputs: h264 | h265"),
+    bitrate: int = typer.Option(4_000_000, help="encoded outputs: target bitrate in bits per second"),
+    keyframe_interval: float = typer.Option(1.0, help="encoded outputs: at least one keyframe (SPS/PPS repeated) per this many seconds"),
+    headless: bool = typer.Option(False, "--headless", help="open no display window"),
+    sdp: Optional[Path] = typer.Option(None, help="where an rtp:// output writes its SDP file (default: rtp-HOST-PORT.sdp here)"),
+    preview: Optional[str] = typer.Option(None, help="[HOST:]PORT: serve a live page (raw | enhanced, FPS, latency); binds 127.0.0.1 unless HOST is given"),
+    stats_json: Optional[Path] = typer.Option(None, help="write the stats (latency p50/p99, FPS, drops, gaps) here, every second and at exit"),
+    temporal: bool = typer.Option(False, "--temporal", help="remove flicker on static scenes (motion-gated smoothing)"),
+    duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
+    frames: Optional[int] = typer.Option(None, help="stop after this many enhanced frames"),
+) -> None:
+    """Enhance live video or a file into any number of outputs (Ctrl-C drains, closes every output, exits 0)."""
+    from .runtime.enhancer import Enhancer
+    from .runtime.pipeline import Pipeline, PipelineConfig
+    from .runtime.video import VideoOptions, open_sink, open_source
+
+    opts = VideoOptions(
+        width=input_width, height=input_height, rate=input_rate, codec=input_codec, latency_ms=input_latency,
+        loop=input_loop, flip=input_flip, transport=input_transport, timeout_s=input_timeout, output_codec=output_codec,
+        bitrate_kbps=max(1, bitrate // 1000), keyframe_interval_s=keyframe_interval, headless=headless,
+        receiver=input_receiver, sdp_path=str(sdp) if sdp else None,
+    )
+    config = PipelineConfig(temporal=temporal, duration_s=duration, max_frames=frames, stats_json=stats_json)
+    src = open_source(source, opts)  # URIs and options are checked before the model loads
+    sinks = [open_sink(o, opts) for o in outputs or []]
+    pv = None
+    if preview is not None:
+        from .runtime.preview import Preview
+
+        pv = Preview(preview)
+    enhancer = Enhancer(model, backend, threads=threads, fp16=fp16)
+    try:
+        live_line = _StreamLine(err_console)
+        pipe = Pipeline(src, sinks, enhancer, config, preview=pv, on_tick=live_line.update)
+        pipe.prepare()  # opens the input, starts every output and the preview: bad arguments end here
+        info = enhancer.describe()
+        err_console.print(f"streaming {source} → {', '.join(outputs or []) or '(no outputs)'} with {info.get('model')} "
+                          f"({info.get('backend')})" + (f"; preview at {pv.url}" if pv is not None else ""),
+                          highlight=False, soft_wrap=True)
+        with live_line:
+            final = pipe.run()
+    finally:
+        enhancer.close()
+    f, g = final["frames"], final["gaps"]
+    lat = final["latency_ms"]
+    glass = lat.get("glass") or lat.get("infer")
+    console.print(
+        f"[green]done[/]: {f['out']} frames enhanced ({final['fps']['out_avg']:.1f} fps), {f['dropped']} dropped, "
+        f"{f['corrupt']} corrupt"
+        + (f", {g['count']} source gap(s) ({g['total_s']:.1f} s)" if g["count"] else "")
+        + (f"; {'glass-to-glass' if lat.get('glass') else 'inference'} p50 {glass['p50']:.1f} ms, p99 {glass['p99']:.1f} ms" if glass else "")
+        + "".join(f"; output {n} failed: {s['failed']}" for n, s in final["sinks"].items() if s["failed"])
+        + (f"; stats: {stats_json}" if stats_json else ""), highlight=False, soft_wrap=True)
+
+
+class _StreamLine:
+    """The live stats line on stderr (rich Live on a terminal; a plain line every 10 s otherwise)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._live = None
+        self._last_plain = 0.0
+
+    def __enter__(self) -> "_StreamLine":
+        if self.console.is_terminal:
+            from rich.live import Live
+            from rich.text import Text
+
+            self._live = Live(Text("starting …"), console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def update(self, snapshot: dict) -> None:
+        import time
+
+        from .runtime.stats import format_line
+
+        line = format_line(snapshot)
+        if self._live is not None:
+            from rich.text import Text
+
+            self._live.update(Text(line))
+        elif time.monotonic() - self._last_plain >= 10.0:
+            self._last_plain = time.monotonic()
+            self.console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -357,9 +572,11 @@ def search(
     latency_mu: float = typer.Option(0.1, help="μ of the additive form"),
     resolution: str = typer.Option("1280x720", help="WxH the budget refers to"),
     space: str = typer.Option("paper", help="search space: paper | edge"),
+    hnu_norm: str = typer.Option("edge", help="HNU edges: one BatchNorm per edge (edge, the reference's) or per candidate op (candidate, DARTS)"),
     objective: str = typer.Option("critic", help="stage-L upper objective: critic | fidelity"),
     critic: Optional[Path] = typer.Option(None, help="a quality critic (safetensors) instead of training one"),
     order: str = typer.Option("second", help="hypergradient: second | first | exact"),
+    lower_step: str = typer.Option("alternating", help="lower step: alternating (after the upper step, DARTS) | simultaneous (reuses the virtual step's gradient: one pass fewer)"),
     stages: str = typer.Option("L,A,T", help="stages to run, e.g. L,A or T"),
     steps_l: int = typer.Option(200, help="stage L steps"),
     steps_a: int = typer.Option(400, help="stage A steps"),
@@ -369,11 +586,15 @@ def search(
     quick: bool = typer.Option(False, help="small supernet and few steps: a full search in minutes on a CPU"),
     vgg_weights: Optional[Path] = typer.Option(None, help="local VGG19 weights (adds the vgg term)"),
     lpips_weights: Optional[Path] = typer.Option(None, help="local LPIPS weights (adds the lpips term)"),
+    lpips_net: Optional[str] = typer.Option(None, help="LPIPS backbone: alex | vgg (default: read off the weight file)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     out: Path = typer.Option(Path("runs/search"), help="run directory"),
     resume: bool = typer.Option(False, help="continue the run in --out (same options)"),
 ) -> None:
-    """Search architecture and loss (stages L, A), then train the result (stage T)."""
+    """Search architecture and loss (stages L, A), then train the result (stage T).
+
+    Data parallel under torchrun: `torchrun --nproc-per-node N -m hbl_edge search ...` (docs/distributed.md).
+    """
     from .search.config import SearchConfig, quick_overrides
 
     cfg = SearchConfig(
@@ -384,10 +605,16 @@ def search(
         objective=objective, critic=str(critic) if critic else None, steps_l=steps_l, steps_a=steps_a,
         steps_t=steps_t, seed=seed, deterministic=deterministic, quick=quick, threads=threads,
         vgg_weights=str(vgg_weights) if vgg_weights else None, lpips_weights=str(lpips_weights) if lpips_weights else None,
+        lpips_net=lpips_net, hnu_norm=hnu_norm, lower_step=lower_step,
     )
     if quick:
         for k, v in quick_overrides().items():
             setattr(cfg, k, v)
+    if not _is_main_process():
+        from .search.driver import run_search
+
+        run_search(cfg, resume=resume)
+        return
     result = run_search_with_progress(cfg, resume=resume)
     if result.interrupted:
         raise typer.Exit(130)
@@ -444,13 +671,17 @@ def profile(
     resolution: str = typer.Option("1280x720", help="WxH"),
     space: str = typer.Option("paper", help="search space to profile"),
     channels: str = typer.Option("16,32", help="C1,C2"),
-    units: int = typer.Option(7, help="HNUs (for the fixed part)"),
+    units: int = typer.Option(7, help="HNUs (for the fixed part and the calibration networks)"),
     out: Path = typer.Option(Path("latency.json"), help="where to write the table"),
-    repeats: int = typer.Option(20),
-    warmup: int = typer.Option(3),
+    repeats: int = typer.Option(15, help="timed consecutive runs per graph and round"),
+    warmup: int = typer.Option(3, help="untimed runs before each block of timed runs"),
+    rounds: int = typer.Option(2, help="rounds over all graphs (every other one reversed)"),
     dtype: str = typer.Option("float32", help="float32 | float16"),
-    threads: Optional[int] = typer.Option(None),
-    calibrate: int = typer.Option(0, help="fit a calibration on N random whole networks (recommended: 15)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads of the deployed runner (default: the backend's, as OrtRunner)"),
+    allow_spinning: Optional[bool] = typer.Option(
+        None, "--allow-spinning/--no-allow-spinning",
+        help="onnxruntime intra-op spinning of the deployed runner (default: onnxruntime's, on)"),
+    calibrate: int = typer.Option(15, help="fit the whole-network model on N calibration networks (0: none)"),
     estimate: bool = typer.Option(False, help="write a roofline estimate from published specs instead of measuring"),
 ) -> None:
     """Measure the latency of every op of a space on this machine (the table the search uses)."""
@@ -474,8 +705,18 @@ def profile(
                 prog.update(bars[phase], completed=done, total=total)
 
             table = run_profile(device, backend, res, space, chans, out=out, repeats=repeats, warmup=warmup,
-                                dtype=dtype, threads=threads, units=units, calibrate=calibrate, progress=on_progress)
+                                rounds=rounds, dtype=dtype, threads=threads, allow_spinning=allow_spinning,
+                                units=units, calibrate=calibrate, progress=on_progress)
     console.print(f"[green]wrote[/] {out}: {len(table.entries)} op entries; {table.label}")
+    noisy = (table.settings or {}).get("noisy")
+    if noisy:
+        console.print(f"[yellow]{noisy} graph(s) stayed noisy (runs spread > 15 %): the machine was busy; "
+                      "profile again on a quieter machine for a steadier table[/]")
+    cal = table.calibration
+    if cal:
+        loo = (cal.get("loo") or {}).get("rel_rmse_pct")
+        check = f", leave-one-out error {loo:.1f} % rms" if loo is not None else ""
+        console.print(f"whole-network model: {cal['kind']} fit on {cal['n']} networks{check}")
 
 
 genotype_app = typer.Typer(help="Inspect and validate genotypes.", no_args_is_help=True)
@@ -503,6 +744,21 @@ def genotype_list() -> None:
 
     for name, g in NAMED_GENOTYPES.items():
         console.print(f"{name}: {g.summary()}")
+
+
+@genotype_app.command("latency")
+@user_errors
+def genotype_latency(
+    spec: str = typer.Argument(..., help="built-in name or genotype.json path"),
+    latency_table: Path = typer.Option(..., "--latency-table", help="a table from `hbl-edge profile` (or --estimate)"),
+) -> None:
+    """Print the predicted whole-network latency of a genotype as JSON (check it against your own timing loop)."""
+    import json
+
+    from .search.latency import LatencyModel
+
+    model = LatencyModel(latency_table)
+    print(json.dumps(model.describe(spec), indent=2))
 
 
 def main() -> None:

@@ -477,20 +477,32 @@ class TrainSampler:
     Augmentation (``augment=True``): horizontal flip, vertical flip, rotation by k·90°,
     applied identically to input and target (the 8 symmetries of the square).
 
+    **Data parallelism.** With ``world_size`` N > 1 the step's *global* batch is the
+    N·``batch_size`` samples one process with that batch size would draw from (seed, step),
+    in the same order; rank r returns samples [r·B, (r+1)·B) of it (B = ``batch_size``,
+    drawing stops after its slice). So the ranks' batches concatenate to the single-process
+    batch of N·B, the position in the data is the step alone (nothing per rank to save), and a
+    run resumed with another N continues from the same step (with the new global batch).
+
     Args:
         source: a PairSource, or "embedded" for the embedded train split of ``task``.
         task: task name or Task (used for "embedded").
+        rank, world_size: this process's share of the global batch (see above).
     """
 
     def __init__(self, source: PairSource | str, task: str | Task, crop: int = 128,
-                 batch_size: int = 4, seed: int = 0, augment: bool = True) -> None:
+                 batch_size: int = 4, seed: int = 0, augment: bool = True, *,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.task = get_task(task)
         self.source = embedded(self.task, "train") if isinstance(source, str) else source
         if len(self.source) == 0:
             raise DataError(f"{self.source.description}: no samples to train on")
         if crop < 1 or batch_size < 1:
             raise ConfigError(f"crop and batch size must be positive, got {crop}, {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size} processes")
         self.crop, self.batch_size, self.seed, self.augment = crop, batch_size, seed, augment
+        self.rank, self.world_size = rank, world_size
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One (input, target) crop pair, crop×crop×3 float32 each."""
@@ -512,9 +524,11 @@ class TrainSampler:
         return inp, tgt
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), each N×3×crop×crop float32, for training step ``step``."""
+        """(inputs, targets), each B×3×crop×crop float32: this rank's slice of step ``step``."""
         rng = np.random.default_rng([self.seed, step])
-        pairs = [self.sample(rng) for _ in range(self.batch_size)]
+        first = self.rank * self.batch_size
+        drawn = [self.sample(rng) for _ in range(first + self.batch_size)]  # in global order
+        pairs = drawn[first:]
         inputs = np.stack([p[0] for p in pairs]).transpose(0, 3, 1, 2)
         targets = np.stack([p[1] for p in pairs]).transpose(0, 3, 1, 2)
         return (torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)),

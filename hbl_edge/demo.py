@@ -89,6 +89,7 @@ def run_demo(
     console.print(f"  evaluations       {out}/eval/*/eval.json")
     console.print(f"  before / after    {out}/before_after/  ({len(strips)} strips: input | {' | '.join(t.baselines)} | model | reference)")
     console.print(f"  summary           {out}/summary.json")
+    __import__("hbl_edge.demo_video", fromlist=["write_demo_video"]).write_demo_video(out, bundle, task, console)
     psnr = summary["psnr"]
     console.print(
         f"\ntest PSNR: input {psnr['input']:.2f} dB → model {psnr['model']:.2f} dB; "

@@ -18,13 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .baselines import get_baseline
-from .data import UnpairedFolder, open_dataset
 from .errors import DataError
 from .imageio import load_image, save_image
-from .metrics import METRICS, score_pair
 from .runio import versions, write_json
-from .tasks import get_task
+from .runtime.model import AUTO_ORDER, BACKEND_CHOICES  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -36,93 +33,58 @@ NOREF = ("uiqm", "uciqe")
 
 @dataclass
 class Method:
-    """Something that enhances an H×W×3 float image: a model or a classical baseline."""
+    """Something that enhances an H×W×3 float image: a model or a classical baseline.
+
+    ``close`` releases what the method holds (a model's runner: GPU memory, the TensorRT-RTX
+    runtime cache is saved); None for baselines.
+    """
 
     name: str
     fn: EnhanceFn
     kind: str  # "model" | "baseline"
     info: dict[str, Any]
+    close: Callable[[], None] | None = None
 
 
 def baseline_method(name: str) -> Method:
+    from .baselines import get_baseline  # scipy / scikit-image: the research side
+
     b = get_baseline(name)
     return Method(name=name, fn=b.fn, kind="baseline", info={"task": b.task, "doc": b.doc})
 
 
-#: ``--backend auto`` takes the first of these that can run here (fastest first on a GPU machine:
-#: TensorRT engines, then TensorRT-RTX engines, then ONNX Runtime, then PyTorch eager).
-AUTO_BACKEND_ORDER = ("trt", "trt-rtx", "ort", "torch")
-BACKEND_CHOICES = ("auto", *AUTO_BACKEND_ORDER)
-
-
-def resolve_backend(backend: str) -> str:
-    """``auto`` → the first available of :data:`AUTO_BACKEND_ORDER`; a named one is checked."""
-    from .errors import ConfigError
-    from .runtime.runners import available_backends, unavailable_reason
-
-    if backend not in BACKEND_CHOICES:
-        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKEND_CHOICES)}")
-    if backend == "auto":
-        here = available_backends()
-        return next(b for b in AUTO_BACKEND_ORDER if b in here or b == "torch")
-    reason = unavailable_reason(backend)
-    if reason is not None:
-        from .runtime.runners import BackendError
-
-        raise BackendError(f"backend {backend!r} cannot run here ({reason}); use --backend auto")
-    return backend
+#: ``--backend auto``'s order; the choice itself is made by :func:`hbl_edge.runtime.model.choose_backend`.
+AUTO_BACKEND_ORDER = AUTO_ORDER
 
 
 def model_method(
     bundle_path: str | Path, tile: int | None = None, threads: int | None = None, backend: str = "torch",
 ) -> Method:
-    """A bundle as a :class:`Method`, run by ``backend`` (``torch``, ``ort``, ``trt``, ``trt-rtx``
-    or ``auto``; see :data:`AUTO_BACKEND_ORDER`). ``ort`` runs ``BUNDLE/export/model.onnx``
-    (exported first when missing); the engine backends build or reuse a cached engine beside it.
-    Images beyond an engine's profile are tiled."""
-    from .bundle import load_bundle, read_meta, resolve_bundle_dir
-    from .runtime.tiling import DEFAULT_TILE, run_image
+    """A model as a :class:`Method`, run by ``backend`` (``torch``, ``ort``, ``trt``, ``trt-rtx`` or
+    ``auto``) through :func:`hbl_edge.runtime.model.load_model` (the one place runners are set
+    up). ``bundle_path`` is a bundle, its export/ folder or a copy of it; for a bundle, the
+    non-torch backends first bring ``BUNDLE/export`` up to date (exported when missing or made
+    from other weights). Images beyond an engine's profiles are tiled. Call ``method.close()``
+    when done."""
+    from .export.pipeline import ensure_export
+    from .runtime.model import load_model
 
-    name = resolve_backend(backend)
-    bundle_dir = resolve_bundle_dir(bundle_path)
-    meta = read_meta(bundle_dir)
-    max_side: tuple[int, int] | None = None  # (H, W) an engine accepts
-    if name == "torch":
-        import torch
+    if backend != "torch":
+        ensure_export(bundle_path)
+    model = load_model(bundle_path, backend, threads=threads)
+    info = dict(model.info)
+    source = model.source
+    if source is not None and source.bundle_dir is not None:
+        from .bundle import read_meta
 
-        from .runtime.torch_runner import TorchRunner
-
-        if threads:
-            torch.set_num_threads(threads)
-        runner = TorchRunner(load_bundle(bundle_dir).model)
-    else:
-        from .export.onnx_export import ensure_onnx
-        from .runtime.runners import create_runner
-
-        onnx_path = ensure_onnx(bundle_dir)
-        if name == "ort":
-            runner = create_runner("ort", onnx_path, threads=threads)
-        else:
-            from .export.engines import DEFAULT_PROFILE, build_engine, parse_profile
-
-            kind = {"trt": "tensorrt", "trt-rtx": "tensorrt-rtx"}[name]
-            engine = build_engine(onnx_path, onnx_path.parent, kind=kind, shapes=[DEFAULT_PROFILE])
-            runner = create_runner(name, engine.path)
-            profile = parse_profile(DEFAULT_PROFILE)
-            max_side = (profile.max[2], profile.max[3])
-
-    def fn(img: np.ndarray) -> np.ndarray:
-        t = tile
-        if t is None and max_side is not None and (img.shape[0] > max_side[0] or img.shape[1] > max_side[1]):
-            t = min(DEFAULT_TILE, *max_side)  # beyond the engine's profile: tile inside it
-        return run_image(runner.run, img, tile=t)
-
+        meta = read_meta(source.bundle_dir)
+        info.update(task=meta["task"], genotype=_genotype_summary(meta), parameters=meta.get("parameters"))
     return Method(
-        name=str(bundle_dir),
-        fn=fn,
+        name=str(source.path if source is not None else bundle_path),
+        fn=lambda img: model.enhance(img, tile=tile),
         kind="model",
-        info={"task": meta["task"], "genotype": _genotype_summary(meta),
-              "parameters": meta.get("parameters"), "backend": name},
+        info=info,
+        close=model.close,
     )
 
 
@@ -134,6 +96,7 @@ def _genotype_summary(meta: dict[str, Any]) -> str:
 
 def _samples(data: str, task: str) -> tuple[str, list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray | None]]]]]:
     """('paired'|'unpaired', [(name, loader)]) for a data spec."""
+    from .data import UnpairedFolder, open_dataset  # torch: the research side
     try:
         src = open_dataset(data, task, "test")
     except DataError as paired_error:
@@ -162,6 +125,9 @@ def evaluate(
     limit: int | None = None,
 ) -> dict[str, Any]:
     """Score ``method`` on ``data`` ("embedded" or a folder). Writes ``eval.json`` into ``out``."""
+    from .metrics import METRICS, score_pair  # torch + kornia: the research side
+    from .tasks import get_task
+
     task_spec = get_task(task)
     kind, samples = _samples(data, task)
     if limit:

@@ -10,7 +10,7 @@ l2         mean (ŷ − y)²
 color      0.1 × mean per-pixel angle, in degrees, between the RGB vectors of ŷ and y
 ssim       10 × (1 − SSIM(ŷ, y)), Gaussian window 11, σ 1.5 (``kornia.metrics.ssim``)
 vgg        L1 between VGG19 feature maps of ŷ and y (needs ``--vgg-weights PATH``)
-lpips      LPIPS distance, VGG16 variant, inputs scaled to [−1, 1] (needs ``--lpips-weights PATH``)
+lpips      LPIPS distance, AlexNet or VGG16 backbone, inputs scaled to [−1, 1] (needs ``--lpips-weights PATH``)
 tv         total variation of ŷ: mean |neighbour differences|
 laplacian  mean squared 3×3 Laplacian response of ŷ
 ========== =====================================================================================
@@ -31,15 +31,17 @@ import json
 import logging
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import kornia
 import torch
 from torch import nn
 
 from .errors import LossSpecError
+from .registry import Registry
 from .runio import read_json
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ __all__ = [
     "vgg_loss",
     "VGGLoss",
     "LPIPS",
+    "LPIPS_BACKBONES",
     "load_lpips",
     "lpips_distance",
     "LPIPSLoss",
@@ -482,6 +485,7 @@ def vgg_loss(
     net: VGG19Features,
     taps: Sequence[str] | None = None,
     tap_logits: torch.Tensor | None = None,
+    target_features: Callable[[Callable[[], dict[int, torch.Tensor]], tuple[int, ...]], dict[int, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     r"""L1 distance between VGG19 feature maps of ``pred`` and ``target``.
 
@@ -497,7 +501,8 @@ def vgg_loss(
     .. math:: \mathcal L = \frac{1}{5}\sum_b \sum_j \operatorname{softmax}_j(\alpha_{b})\,
               \operatorname{mean}|\phi_{bj}(\hat y) - \phi_{bj}(y)|
 
-    The target's features are computed without grad.
+    The target's features are computed without grad (``target_features(compute, indices)``,
+    when given, may return them from a cache instead of calling ``compute()``).
 
     Args:
         pred, target: :math:`(N, 3, H, W)` in ``[0, 1]``, H and W ≥ 16 for the deepest block.
@@ -506,18 +511,24 @@ def vgg_loss(
         Johnson et al., "Perceptual Losses for Real-Time Style Transfer and Super-Resolution", ECCV 2016.
     """
     _check_pair(pred, target, rgb=True)
+
+    def features_of_target(idx: list[int]) -> dict[int, torch.Tensor]:
+        def compute() -> dict[int, torch.Tensor]:
+            with torch.no_grad():
+                return net(target, idx)
+
+        return compute() if target_features is None else target_features(compute, tuple(idx))
+
     if tap_logits is None:
         names = _resolve_taps(taps)
         idx = [VGG_TAP_INDEX[n] for n in names]
         fp = net(pred, idx)
-        with torch.no_grad():
-            ft = net(target, idx)
+        ft = features_of_target(idx)
         return torch.stack([(fp[i] - ft[i]).abs().mean() for i in idx]).mean()
     weights = vgg_tap_weights(tap_logits)
     idx = [i for block in VGG_TAPS for _, i in block]
     fp = net(pred, idx)
-    with torch.no_grad():
-        ft = net(target, idx)
+    ft = features_of_target(idx)
     per_block = []
     for b, block in enumerate(VGG_TAPS):
         d = torch.stack([(fp[i] - ft[i]).abs().mean() for _, i in block])
@@ -525,12 +536,47 @@ def vgg_loss(
     return torch.stack(per_block).mean()
 
 
+class TargetFeatureCache:
+    """The frozen network's features of the last few targets, so passes over one batch
+    compute them once.
+
+    A second-order search step evaluates the loss five times, four of them on the same target
+    tensor (the virtual step, the two finite-difference points and the lower step): the
+    target's VGG/LPIPS features are the same each time. Entries are keyed by the tensor object
+    itself (a weak reference: a freed tensor whose memory is reused never matches), its
+    version counter (an in-place change invalidates) and the requested taps; a target that
+    requires grad is never cached (its features must stay in the graph).
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._entries: list[tuple[Any, int, Any, Any]] = []
+
+    def get(self, target: torch.Tensor, key: Any, compute: Callable[[], Any]) -> Any:
+        if target.requires_grad:
+            return compute()
+        for ref, version, k, value in self._entries:
+            if ref() is target and version == target._version and k == key:
+                return value
+        value = compute()
+        live = [e for e in self._entries if e[0]() is not None][-(self.size - 1):] if self.size > 1 else []
+        self._entries = [*live, (weakref.ref(target), target._version, key, value)]
+        return value
+
+    def clear(self) -> None:
+        self._entries = []
+
+
 class VGGLoss(nn.Module):
-    """Module form of :func:`vgg_loss`; ``search_taps=True`` adds learnable ``tap_logits`` (5×4, zeros)."""
+    """Module form of :func:`vgg_loss`; ``search_taps=True`` adds learnable ``tap_logits`` (5×4, zeros).
+
+    The target's features are cached (:class:`TargetFeatureCache`) across calls on the same
+    target tensor."""
 
     def __init__(self, net: VGG19Features, taps: Sequence[str] | None = None, search_taps: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.cache = TargetFeatureCache()
         self.taps = _resolve_taps(taps)
         self.tap_logits: nn.Parameter | None = (
             nn.Parameter(torch.zeros(VGG_N_BLOCKS, VGG_TAPS_PER_BLOCK)) if search_taps else None
@@ -544,34 +590,92 @@ class VGGLoss(nn.Module):
         return tuple(VGG_TAPS[b][int(w[b].argmax())][0] for b in range(VGG_N_BLOCKS))
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return vgg_loss(pred, target, self.net, self.taps, self.tap_logits)
+        return vgg_loss(pred, target, self.net, self.taps, self.tap_logits,
+                        target_features=lambda compute, idx: self.cache.get(target, idx, compute))
 
 
 # --------------------------------------------------------------------------------------------
-# LPIPS (VGG16 variant)
+# LPIPS (AlexNet or VGG16 backbone)
 # --------------------------------------------------------------------------------------------
 
 VGG16_CFG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
 )  # fmt: skip
-#: LPIPS taps in torchvision vgg16 ``features`` indexing: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
-LPIPS_TAPS = (3, 8, 15, 22, 29)
-LPIPS_CHANNELS = (64, 128, 256, 512, 512)
+
+
+def _alexnet_features(init_weights: bool = True) -> nn.Sequential:
+    """torchvision's ``alexnet().features`` layout, so its state-dict keys load unchanged.
+
+    0 conv 11×11/4 (pad 2) 3→64, 1 ReLU, 2 maxpool 3/2, 3 conv 5×5 (pad 2) 64→192, 4 ReLU,
+    5 maxpool 3/2, 6 conv 3×3 192→384, 7 ReLU, 8 conv 3×3 384→256, 9 ReLU, 10 conv 3×3
+    256→256, 11 ReLU, 12 maxpool 3/2. ``init_weights=False``: allocated uninitialised.
+    """
+    device = None if init_weights else torch.device("meta")
+
+    def conv(c_in: int, c_out: int, k: int, stride: int = 1, pad: int = 1) -> nn.Conv2d:
+        return nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, device=device)
+
+    seq = nn.Sequential(
+        conv(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        conv(64, 192, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        conv(192, 384, 3), nn.ReLU(), conv(384, 256, 3), nn.ReLU(), conv(256, 256, 3), nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+    )  # fmt: skip
+    return seq if init_weights else seq.to_empty(device="cpu")
+
+
+@dataclass(frozen=True)
+class LPIPSBackbone:
+    """One LPIPS backbone: its ``features`` stack, tap indices, tap widths and the slices of
+    the lpips package (``net.slice{k}`` holds ``features[a:b]`` under their global index)."""
+
+    name: str
+    build: Callable[[bool], nn.Sequential]
+    taps: tuple[int, ...]
+    channels: tuple[int, ...]
+    slices: tuple[tuple[int, int], ...]
+    first_conv_shape: tuple[int, ...]  # features.0.weight: tells the backbones apart in a file
+
+    def slice_of(self, i: int) -> int:
+        return next(k + 1 for k, (a, b) in enumerate(self.slices) if a <= i < b)
+
+
+LPIPS_BACKBONES: Registry[LPIPSBackbone] = Registry(
+    "LPIPS backbone", LossSpecError, "pass --lpips-net alex or vgg, or leave it to the weight file"
+)
+LPIPS_BACKBONES.add("alex", LPIPSBackbone(
+    "alex", _alexnet_features, taps=(1, 4, 7, 9, 11), channels=(64, 192, 384, 256, 256),
+    slices=((0, 2), (2, 5), (5, 8), (8, 10), (10, 12)), first_conv_shape=(64, 3, 11, 11),
+))  # fmt: skip
+LPIPS_BACKBONES.add("vgg", LPIPSBackbone(
+    "vgg", lambda init: _vgg_features(VGG16_CFG, init), taps=(3, 8, 15, 22, 29),
+    channels=(64, 128, 256, 512, 512), slices=((0, 4), (4, 9), (9, 16), (16, 23), (23, 30)),
+    first_conv_shape=(64, 3, 3, 3),
+))  # fmt: skip
+
+#: LPIPS taps of the VGG16 backbone in torchvision vgg16 ``features`` indexing: relu1_2, relu2_2,
+#: relu3_3, relu4_3, relu5_3 (kept for callers of the VGG-only version).
+LPIPS_TAPS = LPIPS_BACKBONES.get("vgg").taps
+LPIPS_CHANNELS = LPIPS_BACKBONES.get("vgg").channels
 #: lpips' ScalingLayer constants (applied to inputs already in [−1, 1]).
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
-# lpips' slice k holds features[a:b] under their global index: net.slice{k}.{N}.weight
-_LPIPS_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
-_LPIPS_SLICE_OF = {i: k + 1 for k, (a, b) in enumerate(_LPIPS_SLICES) for i in range(a, b)}
-LPIPS_EXPECTED = (
-    "the VGG16 backbone as torchvision vgg16 keys features.N.weight/bias "
-    "(N = 0,2,5,7,10,12,14,17,19,21,24,26,28; N.* or lpips' net.sliceK.N.* also accepted) and the 5 "
-    "heads as in the lpips package, lin0.model.1.weight … lin4.model.1.weight (or lins.K.model.1.weight)"
-)
+_LPIPS_SLICE_OF = {i: LPIPS_BACKBONES.get("vgg").slice_of(i) for i in range(30)}
+
+
+def _lpips_expected(backbone: LPIPSBackbone, features: nn.Sequential) -> str:
+    convs = ",".join(str(i) for i in _conv_keys(features))
+    tv = "alexnet" if backbone.name == "alex" else "vgg16"
+    return (
+        f"the {backbone.name} backbone as torchvision {tv} keys features.N.weight/bias "
+        f"(N = {convs}; N.* or lpips' net.sliceK.N.* also accepted) and the 5 heads as in the lpips "
+        f"package (weights/v0.1/{backbone.name}.pth), lin0.model.1.weight … lin4.model.1.weight "
+        "(or lins.K.model.1.weight)"
+    )
 
 
 class LPIPS(nn.Module):
-    r"""LPIPS distance, VGG16 backbone ("lin" variant), frozen.
+    r"""LPIPS distance ("lin" variant), frozen, with an AlexNet or a VGG16 backbone.
 
     .. math::
 
@@ -579,12 +683,16 @@ class LPIPS(nn.Module):
         \big\lVert w_l \odot (\hat f^l_{hw} - \hat f^l_{0,hw}) \big\rVert_2^2,\qquad
         \hat f = f / (\lVert f \rVert_{2,\text{channels}} + 10^{-10})
 
-    where :math:`f^l` are the relu1_2 … relu5_3 activations of VGG16 on
-    :math:`(2x - 1 - \text{shift}) / \text{scale}` and :math:`w_l \ge 0` the 1×1 "lin" heads.
-    ``init_weights=False`` leaves the backbone uninitialised (for :func:`load_lpips`).
+    where :math:`f^l` are the five tapped ReLU activations of the backbone (AlexNet: relu1 …
+    relu5; VGG16: relu1_2 … relu5_3) on :math:`(2x - 1 - \text{shift}) / \text{scale}` and
+    :math:`w_l \ge 0` the 1×1 "lin" heads. AlexNet (the lpips package's default) costs about
+    1/25 of VGG16 per image pair. ``init_weights=False`` leaves the backbone uninitialised (for
+    :func:`load_lpips`).
 
     Args:
-        x, x0: :math:`(N, 3, H, W)` RGB in ``[0, 1]`` (scaled to ``[−1, 1]`` inside).
+        x, x0: :math:`(N, 3, H, W)` RGB in ``[0, 1]`` (scaled to ``[−1, 1]`` inside); the
+            AlexNet backbone needs H, W ≥ 31 (a stride-4 conv and two 3/2 max-pools before
+            relu5), VGG16 H, W ≥ 16.
 
     Returns:
         :math:`(N,)` distances.
@@ -594,60 +702,96 @@ class LPIPS(nn.Module):
         CVPR 2018; weights layout of https://github.com/richzhang/PerceptualSimilarity.
     """
 
-    def __init__(self, init_weights: bool = True) -> None:
+    def __init__(self, init_weights: bool = True, net: str = "vgg") -> None:
         super().__init__()
-        self.features = _vgg_features(VGG16_CFG, init_weights)[: LPIPS_TAPS[-1] + 1]
-        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in LPIPS_CHANNELS)
+        self.backbone = LPIPS_BACKBONES.get(net)
+        self.features = self.backbone.build(init_weights)[: self.backbone.taps[-1] + 1]
+        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.backbone.channels)
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
         _freeze(self)
+
+    @property
+    def net(self) -> str:
+        return self.backbone.name
 
     def train(self, mode: bool = True) -> "LPIPS":
         return super().train(False)
 
     def _feats(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = ((2.0 * x - 1.0) - self.shift) / self.scale
+        taps = self.backbone.taps
         out = []
         for i, layer in enumerate(self.features):
             h = layer(h)
-            if i in LPIPS_TAPS:
+            if i in taps:
                 out.append(h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10))
         return out
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x0: torch.Tensor,
+                x0_features: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+        """``x0_features``: :meth:`tap_features` of ``x0``, when the caller has them already."""
         _check_pair(x, x0, rgb=True)
         d = x.new_zeros(x.shape[0])
-        for head, f, f0 in zip(self.heads, self._feats(x), self._feats(x0)):
+        f0s = self._feats(x0) if x0_features is None else x0_features
+        for head, f, f0 in zip(self.heads, self._feats(x), f0s):
             d = d + head((f - f0).pow(2)).mean(dim=(1, 2, 3))
         return d
 
+    def tap_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The normalised tap features of ``x`` (what :meth:`forward` compares)."""
+        return self._feats(x)
 
-def load_lpips(path: PathLike) -> LPIPS:
+    def extra_repr(self) -> str:
+        return f"net={self.net!r}"
+
+
+def _detect_lpips_net(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """The backbone whose first conv has the shape of the file's (None when none matches)."""
+    for key in ("features.0.weight", "0.weight", "net.slice1.0.weight"):
+        if key in sd:
+            shape = tuple(sd[key].shape)
+            return next((n for n, b in LPIPS_BACKBONES.items() if b.first_conv_shape == shape), None)
+    return None
+
+
+def load_lpips(path: PathLike, net: str | None = None) -> LPIPS:
     """Build a frozen :class:`LPIPS` from ONE local file holding backbone and heads.
 
-    Expected keys (see :data:`LPIPS_EXPECTED`): the VGG16 backbone as in
-    ``torchvision.models.vgg16().state_dict()`` (``features.N.weight/bias``; ``classifier.*``
-    ignored) and the heads as in the lpips package's ``weights/v0.1/vgg.pth``
-    (``lin0.model.1.weight`` … ``lin4.model.1.weight``, shapes ``[1, C, 1, 1]``). A full
-    ``lpips.LPIPS(net="vgg").state_dict()`` (``net.sliceK.N.*``, ``lins.K.model.1.weight``) also
-    loads. To combine the two official files::
+    ``net``: ``"alex"`` or ``"vgg"``; ``None`` reads the backbone off the file (the shape of
+    its first conv: 11×11 is AlexNet, 3×3 is VGG16; VGG16 when the file has no backbone key).
+    Expected keys: the backbone as in ``torchvision.models.alexnet().state_dict()`` or
+    ``vgg16().state_dict()`` (``features.N.weight/bias``; ``classifier.*`` ignored) and the heads
+    as in the lpips package's ``weights/v0.1/{alex,vgg}.pth`` (``lin0.model.1.weight`` …
+    ``lin4.model.1.weight``, shapes ``[1, C, 1, 1]``). A full ``lpips.LPIPS(net=...).state_dict()``
+    (``net.sliceK.N.*``, ``lins.K.model.1.weight``) also loads. To combine the two official
+    files::
 
-        sd = torchvision_vgg16_state_dict | torch.load("vgg.pth")
-        safetensors.torch.save_file(sd, "lpips_vgg.safetensors")
+        sd = torchvision_alexnet_state_dict | torch.load("alex.pth")
+        safetensors.torch.save_file(sd, "lpips_alex.safetensors")
     """
     sd = _load_state_dict(path, "lpips", "--lpips-weights PATH")
-    net = LPIPS(init_weights=False)
+    detected = _detect_lpips_net(sd)
+    if net is None:
+        net = detected or "vgg"
+    backbone = LPIPS_BACKBONES.get(net)
+    if detected is not None and detected != net:
+        raise LossSpecError(
+            f"lpips weight file {path} holds the {detected} backbone, not {net}; pass --lpips-net {detected} "
+            "or a file with the other backbone"
+        )
+    model = LPIPS(init_weights=False, net=net)
     found = _find_backbone(
-        net.features, sd, lambda i: [f"features.{i}.", f"{i}.", f"net.slice{_LPIPS_SLICE_OF[i]}.{i}."]
+        model.features, sd, lambda i: [f"features.{i}.", f"{i}.", f"net.slice{backbone.slice_of(i)}.{i}."]
     )
-    for k in range(len(LPIPS_CHANNELS)):
+    for k in range(len(backbone.channels)):
         found[f"heads.{k}.weight"] = sd.get(f"lin{k}.model.1.weight", sd.get(f"lins.{k}.model.1.weight"))
 
     def file_key(name: str) -> str:  # heads.K.weight is lin{K}.model.1.weight in the lpips package
         return f"lin{name.split('.')[1]}.model.1.weight" if name.startswith("heads.") else name
 
-    _fill(net, found, path, "lpips", LPIPS_EXPECTED, file_key)
-    return _freeze(net)  # type: ignore[return-value]
+    _fill(model, found, path, "lpips", _lpips_expected(backbone, model.features), file_key)
+    return _freeze(model)  # type: ignore[return-value]
 
 
 def lpips_distance(pred: torch.Tensor, target: torch.Tensor, net: LPIPS) -> torch.Tensor:
@@ -656,14 +800,21 @@ def lpips_distance(pred: torch.Tensor, target: torch.Tensor, net: LPIPS) -> torc
 
 
 class LPIPSLoss(nn.Module):
-    """Module form of :func:`lpips_distance`."""
+    """Module form of :func:`lpips_distance`; the target's features are cached across calls on
+    the same target tensor (:class:`TargetFeatureCache`)."""
 
     def __init__(self, net: LPIPS) -> None:
         super().__init__()
         self.net = net
+        self.cache = TargetFeatureCache()
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return lpips_distance(pred, target, self.net)
+        def compute() -> list[torch.Tensor]:
+            with torch.no_grad():
+                return self.net.tap_features(target)
+
+        f0 = None if target.requires_grad else self.cache.get(target, "lpips", compute)
+        return self.net(pred, target, x0_features=f0).mean()
 
 
 # --------------------------------------------------------------------------------------------
@@ -760,11 +911,11 @@ def _make_vgg(
 
 
 @register_term("lpips", weights_flag="--lpips-weights PATH")
-def _make_lpips(weights_path: PathLike | None = None, **_: Any) -> nn.Module:
-    """LPIPS distance (VGG16), inputs scaled to [−1, 1]"""
+def _make_lpips(weights_path: PathLike | None = None, lpips_net: str | None = None, **_: Any) -> nn.Module:
+    """LPIPS distance (AlexNet or VGG16 backbone), inputs scaled to [−1, 1]"""
     if weights_path is None:
         raise LossSpecError("the lpips term needs an LPIPS weight file; pass --lpips-weights PATH")
-    return LPIPSLoss(load_lpips(weights_path))
+    return LPIPSLoss(load_lpips(weights_path, lpips_net))
 
 
 @register_term("tv")
@@ -987,12 +1138,14 @@ def build_loss(
     vgg_weights: PathLike | None = None,
     lpips_weights: PathLike | None = None,
     search_vgg_taps: bool = False,
+    lpips_net: str | None = None,
 ) -> WeightedLoss:
     """Build the :class:`WeightedLoss` of ``spec``.
 
     Terms needing pretrained weights (vgg, lpips) without a weight file are left out with one
     warning naming the flag that enables them; if nothing is left, :class:`LossSpecError`.
     ``search_vgg_taps=True`` gives the vgg term learnable tap logits (see :func:`vgg_loss`).
+    ``lpips_net`` (``"alex"``, ``"vgg"``, None = read off the file) picks the LPIPS backbone.
 
     Example:
         >>> loss = build_loss("l1=1,ssim=0.5")
@@ -1008,7 +1161,7 @@ def build_loss(
         if ts.weights_flag is not None and path is None:
             log.warning("loss term %r left out: it needs pretrained weights; enable it with %s", name, ts.weights_flag)
             continue
-        modules[name] = ts.make(path, vgg_taps=spec.vgg_taps, search_vgg_taps=search_vgg_taps)
+        modules[name] = ts.make(path, vgg_taps=spec.vgg_taps, search_vgg_taps=search_vgg_taps, lpips_net=lpips_net)
         weights.append(w)
     if not modules:
         raise LossSpecError(

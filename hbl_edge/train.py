@@ -6,6 +6,11 @@ resumable step-exactly: every batch is a pure function of (seed, step) (see
 RNG states and the step, written atomically. A run directory ends with the model bundle
 (``model.safetensors`` + ``model.json``), ``config.json``, ``log.jsonl`` and
 ``plots/train_curves.png``.
+
+Under ``torchrun`` (:mod:`hbl_edge.distributed`) the same run is data parallel: each rank
+trains on its slice of the global batch (world size × ``batch_size``), gradients are averaged
+before clipping, BatchNorm uses the global batch's statistics, and rank 0 alone validates and
+writes the run directory.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from .bundle import META, save_bundle
 from .data import TrainSampler, open_dataset, val_batches
+from .distributed import DistContext, init_from_env, record_processes, resumable_record, sync_batchnorm_
 from .errors import ConfigError
 from .genotype import load_genotype
 from .losses import build_loss, parse_loss_spec
@@ -66,6 +72,7 @@ class TrainConfig:
     strict_data: bool = False
     vgg_weights: str | None = None
     lpips_weights: str | None = None
+    lpips_net: str | None = None  # alex | vgg; None = read off the weight file
     threads: int | None = None
 
     def validate(self) -> None:
@@ -180,6 +187,16 @@ def _save_state(path: Path, model, opt, sched, step: int, best: dict[str, Any]) 
         torch.save(state, tmp)
 
 
+def _load_state(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The checkpoint, and the log records up to it (later records are dropped from the file:
+    those steps are about to be redone)."""
+    state = torch.load(out / STATE, weights_only=True)
+    history = [r for r in read_jsonl(out / "log.jsonl") if r.get("step", 0) <= state["step"]]
+    with atomic_path(out / "log.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+    return state, history
+
+
 def _check_out_dir(out: Path, resume: bool) -> None:
     has_state = (out / STATE).exists()
     if resume and not has_state:
@@ -195,12 +212,18 @@ class TrainSession:
     directory) surfaces before anything is drawn or written.
     """
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, provenance: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, provenance: dict[str, Any] | None = None,
+                 dist: DistContext | None = None) -> None:
         cfg.validate()
+        self.dist = dist = dist or init_from_env()
         out = Path(cfg.out)
-        _check_out_dir(out, resume)
-        if resume and (out / "config.json").exists():
-            check_same_config(out / "config.json", asdict(cfg))
+
+        def check() -> None:
+            _check_out_dir(out, resume)
+            if resume and (out / "config.json").exists():
+                check_same_config(out / "config.json", {**asdict(cfg), **resumable_record(out / "config.json")})
+
+        dist.on_main(check)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
@@ -208,59 +231,69 @@ class TrainSession:
         task = get_task(cfg.task)
         self.cfg, self.out, self.provenance = cfg, out, provenance or {}
         self.spec = parse_loss_spec(cfg.loss or ",".join(f"{k}={v}" for k, v in task.default_loss.items()))
-        self.criterion = build_loss(self.spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights)
+        self.criterion = build_loss(self.spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
+                                    lpips_net=cfg.lpips_net).to(dist.device)
         train_src = open_dataset(cfg.data, cfg.task, "train", strict=cfg.strict_data, seed=cfg.seed)
         self.val_src = open_dataset(cfg.data, cfg.task, "val", strict=cfg.strict_data, seed=cfg.seed)
-        self.sampler = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=cfg.seed)
+        self.sampler = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=cfg.seed,
+                                    rank=dist.rank, world_size=dist.world_size)
 
-        self.model = Network.from_genotype(cfg.genotype)  # the paper network or an edge network
+        # the paper network or an edge network (DESIGN §10)
+        self.model = sync_batchnorm_(Network.from_genotype(cfg.genotype), dist).to(dist.device)
         self.opt = make_optimizer(cfg, self.model.parameters())
         self.sched = make_schedule(cfg, self.opt)
         self.step, self.best = 0, {}
+        self.history: list[dict[str, Any]] = []
         if resume:
-            state = torch.load(out / STATE, weights_only=True)
+            state, self.history = dist.on_main(lambda: _load_state(out))
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["schedule"])
-            torch.set_rng_state(state["torch_rng"])
+            torch.set_rng_state(state["torch_rng"].cpu())
             self.step, self.best = state["step"], state["best"]
             log.info("resuming %s at step %d", out, self.step)
-            # Drop records written after the checkpoint: those steps are about to be redone.
-            self.history = [r for r in read_jsonl(out / "log.jsonl") if r.get("step", 0) <= self.step]
-            with atomic_path(out / "log.jsonl") as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        else:
+        dist.broadcast_module_(self.model)  # every rank starts from rank 0's weights
+        if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "config.json", {**asdict(cfg), "versions": versions()})
-            self.history = []
+            record_processes(out / "config.json", {**asdict(cfg), "versions": versions()}, dist, resume)
 
     def run(self, progress: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
-        """Train to ``cfg.steps``; ``progress(step, record)`` is called after every step."""
-        cfg, out, model, opt, sched = self.cfg, self.out, self.model, self.opt, self.sched
+        """Train to ``cfg.steps``; ``progress(step, record)`` is called after every step (rank 0)."""
+        cfg, out, model, opt, sched, dist = self.cfg, self.out, self.model, self.opt, self.sched, self.dist
         model.train()
         interrupted = False
         t0 = time.perf_counter()
         with _StopFlag() as flag:
             while self.step < cfg.steps:
                 rec = self._train_step()
-                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
-                    val = validate(model, self.val_src, cfg.val_crop)
-                    rec.update({f"val_{k}": v for k, v in val.items()})
-                    if val["psnr"] > self.best.get("val_psnr", -math.inf):
-                        self.best = {"val_psnr": val["psnr"], "val_ssim": val["ssim"], "step": self.step}
-                append_jsonl(out / "log.jsonl", rec)
-                self.history.append(rec)
-                if progress:
-                    progress(self.step, rec)
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or flag.stop:
+                if dist.is_main:  # rank 0 validates and logs; the others train on
+                    if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                        val = validate(model, self.val_src, cfg.val_crop)
+                        rec.update({f"val_{k}": v for k, v in val.items()})
+                        if val["psnr"] > self.best.get("val_psnr", -math.inf):
+                            self.best = {"val_psnr": val["psnr"], "val_ssim": val["ssim"], "step": self.step}
+                    append_jsonl(out / "log.jsonl", rec)
+                    if progress:
+                        progress(self.step, rec)
+                stop = dist.any(flag.stop)  # every rank stops after the same step
+                if dist.is_main and (self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or stop):
                     _save_state(out / STATE, model, opt, sched, self.step, self.best)
-                if flag.stop:
+                self.history.append(rec)
+                if stop:
                     interrupted = True
                     break
 
         if interrupted:
             log.warning("stopped at step %d/%d; continue with the same command plus --resume", self.step, cfg.steps)
             return TrainResult(out, self.step, {}, self.history, interrupted=True)
+        if not dist.is_main:
+            metrics = dist.on_main(lambda: {})
+            return TrainResult(out, self.step, metrics, self.history)
+        return dist.on_main(lambda: self._finish(t0))
+
+    def _finish(self, t0: float) -> TrainResult:
+        """Final validation, the bundle and the plot (rank 0)."""
+        cfg, out, model = self.cfg, self.out, self.model
 
         final = validate(model, self.val_src, cfg.val_crop)
         metrics = {
@@ -279,30 +312,36 @@ class TrainSession:
             "parameters": count_parameters(model),
             **self.provenance,
         }
+        if self.dist.enabled:
+            prov["distributed"] = self.dist.describe()
         save_bundle(out, model.eval(), task=cfg.task, loss=self.spec.to_dict(), provenance=prov, metrics=metrics)
         plot_training(self.history, out / "plots" / "train_curves.png")
         return TrainResult(out, self.step, metrics, self.history)
 
     def _train_step(self) -> dict[str, Any]:
-        inp, tgt = self.sampler.batch(self.step)
+        inp, tgt = (t.to(self.dist.device) for t in self.sampler.batch(self.step))
         init = getattr(self.model, "init_from_data", None)
         if self.step == 0 and init is not None:  # an edge network's data-dependent start (before any step)
             log.info("data-dependent init: %s", init(inp, tgt))
+            # each rank saw its own shard: start every rank from rank 0's initialisation
+            self.dist.broadcast_module_(self.model)
         loss, terms = self.criterion(self.model(inp), tgt)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; lower --lr or check the data")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.mean_grads_(list(self.model.parameters()))  # the global batch's gradient, before the clip
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         self.opt.step()
         self.sched.step()
         self.step += 1
+        logged = self.dist.mean_floats({"loss": loss.item(), **{f"loss_{k}": v.item() for k, v in terms.items()}})
         return {
             "step": self.step,
-            "loss": loss.item(),
+            "loss": logged.pop("loss"),
             "lr": self.opt.param_groups[0]["lr"],
             "grad_norm": float(gnorm),
-            **{f"loss_{k}": v.item() for k, v in terms.items()},
+            **logged,
         }
 
 
@@ -318,7 +357,11 @@ def train(
     ``progress(step, record)`` is called after every step (the CLI draws a progress bar with
     it). ``provenance`` is merged into the bundle's provenance (the search passes its run).
     """
-    return TrainSession(cfg, resume=resume, provenance=provenance).run(progress)
+    dist = init_from_env()
+    result = TrainSession(cfg, resume=resume, provenance=provenance, dist=dist).run(progress)
+    dist.barrier()  # every rank is done (rank 0 wrote the bundle): leave the process group together
+    dist.shutdown()
+    return result
 
 
 def plot_training(history: list[dict[str, Any]], path: Path) -> Path | None:

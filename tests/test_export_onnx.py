@@ -141,7 +141,9 @@ class TestFp16:
 class TestMetadata:
     def test_export_json(self, exported):
         meta = json.loads(exported.meta_path.read_text())
-        assert meta["format"] == "hbl-export/1"
+        assert meta["format"] == "hbl-export/2"
+        assert meta["genotype"] == TINY.to_dict() and meta["genotype_summary"] == TINY.summary()
+        assert meta["input"]["pad_multiple"] == 4 and meta["task"] is None  # a bare Network: no task
         assert meta["opset"] == DEFAULT_OPSET and meta["exporter"] == EXPORTER
         assert meta["artifacts"][ONNX_NAME]["sha256"] == file_sha256(exported.onnx_path) == exported.sha256
         assert meta["artifacts"][FP16_NAME]["sha256"] == file_sha256(exported.fp16_path)

@@ -527,3 +527,52 @@ def test_module_docstring_example_runs():
     import hbl_edge.search.hypergrad as mod
 
     assert doctest.testmod(mod).failed == 0
+
+
+# --------------------------------------------------------------------------------------
+# data parallelism and the reused lower gradient (hooks the search uses)
+
+
+@pytest.mark.parametrize("order", ["first", "second", "exact"])
+def test_reduce_sees_every_gradient_before_use(order):
+    """The reducer gets each gradient list the engine computes, in order; an identity reducer
+    changes nothing (bit for bit), a reducer that doubles doubles the hypergradient (every
+    part of it goes through the reducer exactly once: linear parts scale, the ε of the finite
+    difference is computed after reduction)."""
+    p = Ridge(kappa=0.7)
+    step = LowerStep(lr=0.05, momentum=0.9)
+    bufs = [0.1 * torch.ones_like(p.w)]
+    plain = p.run(order, step, momentum_buffers=bufs)
+    seen: list[int] = []
+
+    def identity(ts):
+        seen.append(len(ts))
+        return ts
+
+    same = p.run(order, step, momentum_buffers=bufs, reduce=identity)
+    assert torch.equal(same.grads[0], plain.grads[0])
+    # first: [∇_u L_up, L_up]; second/exact: [∇_w L_tr, L_tr], [∇_u L_up, ∇_w' L_up, L_up], [implicit]
+    assert seen == ([2] if order == "first" else [2, 3, 1])
+    if order == "first":
+        doubled = p.run(order, step, reduce=lambda ts: [None if t is None else 2 * t for t in ts])
+        torch.testing.assert_close(doubled.grads[0], 2 * plain.grads[0])
+        assert doubled.info.upper_loss == pytest.approx(2 * plain.info.upper_loss)
+
+
+def test_keep_lower_grad_returns_the_virtual_steps_gradient_and_keeps_its_buffers():
+    """keep_lower_grad: ∇_w L_tr(w, u) at the current w, and the buffers as the first
+    train pass left them (one training forward), not as before the call."""
+    p = Ridge(kappa=0.7)
+    counter = torch.zeros(1, dtype=D64)
+
+    def train():
+        counter.add_(1.0)  # a "running statistic" every pass moves
+        return p.train_loss()
+
+    res = hypergradient("second", [p.u], [p.w], train, p.upper_loss, STEP, restore=[counter],
+                        keep_lower_grad=True)
+    torch.testing.assert_close(res.lower_grad[0], p.grad_tr(p.w.detach().double()), rtol=1e-12, atol=1e-12)
+    assert counter.item() == 1.0  # three train passes ran; the state after the first is kept
+    plain = hypergradient("second", [p.u], [p.w], train, p.upper_loss, STEP, restore=[counter])
+    assert counter.item() == 1.0 and plain.lower_grad is None
+    assert torch.equal(plain.grads[0], res.grads[0])

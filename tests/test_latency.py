@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -20,41 +21,9 @@ from hbl_edge.search.latency import (
 from hbl_edge.search.profiler import (
     estimate_table, fit_calibration, measure_network, parse_resolution, profile,
 )
+from latency_fixtures import random_alpha, synthetic_table
 
 TINY = dict(resolution=(18, 14), channels=(4, 8), units=1)
-
-
-def synthetic_table(space: str = "paper", channels=(16, 32), resolution=(64, 48), units: int = 7, seed: int = 0) -> LatencyTable:
-    """A table with distinct made-up times at every position (no measuring)."""
-    sp = get_space(space)
-    g = torch.Generator().manual_seed(seed)
-    entries, seen = [], set()
-    for group, positions in edge_positions(channels, resolution).items():
-        for pos in positions:
-            for op in (sp.hnu if group == "hnu" else sp.fcm):
-                key = (op, *pos.key)
-                if key in seen or (op == "skip_connect" and pos.c_in != pos.c_out):
-                    continue
-                seen.add(key)
-                entries.append({"op": op, "c_in": pos.c_in, "c_out": pos.c_out, "height": pos.height,
-                                "width": pos.width, "variant": pos.variant, "ms": float(torch.rand(1, generator=g)) + 0.1})
-    fixed = [{"name": "io", "per": "network", "count": 1, "ms": 0.5},
-             {"name": "hnu_merge", "per": "unit", "count": 2, "ms": 0.25}]
-    return LatencyTable(
-        device={"name": "test cpu"}, backend={"name": "onnxruntime", "versions": {}}, resolution=resolution,
-        space={"name": space, "fcm": list(sp.fcm), "hnu": list(sp.hnu)}, channels=channels, entries=entries,
-        fixed=fixed, units=units, date="2024-01-01",
-    )
-
-
-def random_alpha(model: LatencyModel, units: int = 7, seed: int = 0, grad: bool = True):
-    g = torch.Generator().manual_seed(seed)
-    nf, nh = len(model.fcm), len(model.hnu)
-    return {
-        "alpha_encoder": torch.randn(9, nf, generator=g, dtype=torch.float64).requires_grad_(grad),
-        "alpha_decoder": torch.randn(9, nf, generator=g, dtype=torch.float64).requires_grad_(grad),
-        "alpha_hnu": torch.randn(units, 8, nh, generator=g, dtype=torch.float64).requires_grad_(grad),
-    }
 
 
 # -- table io ---------------------------------------------------------------------------------
@@ -160,9 +129,46 @@ def test_calibration_applied_and_shape_errors():
     xs = [float(i) for i in range(1, 11)]
     fit = fit_calibration(xs, [2 * x + 1 for x in xs])
     assert fit["kind"] == "linear" and fit["scale"] == pytest.approx(2.0) and fit["offset_ms"] == pytest.approx(1.0)
-    fit = fit_calibration([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0])  # too few points for a line
+    fit = fit_calibration([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0])  # a line through 0 is the simpler fit
     assert fit["kind"] == "ratio" and fit["scale"] == pytest.approx(2.0) and fit["offset_ms"] == 0.0
     assert fit_calibration([1.0], [3.0]) == pytest.approx({"scale": 1.0, "offset_ms": 2.0, "kind": "offset", "n": 1, "rmse_ms": 0.0})
+
+
+def test_level_scales_in_predict_and_expected():
+    """Per-level scales: predict = Σ s_l·S_l + s_fixed·fixed + b, and expected(one-hot α) equals it."""
+    t = synthetic_table(units=3)
+    g = random_genotype(units=3, seed=4)
+    terms = LatencyModel(t).terms(g)
+    assert sum(terms.values()) == pytest.approx(LatencyModel(t).predict_raw(g))
+    assert terms["fixed"] == pytest.approx(0.5 + 3 * 2 * 0.25)
+    # the level sums are the table's times at the edges of each level, looked up by hand
+    pos = edge_positions(t.channels, t.resolution)
+    full = sum(t.time(op, pos["encoder"][i]) for i, op in enumerate(g.encoder) if i <= 4)
+    full += sum(t.time(op, pos["decoder"][i]) for i, op in enumerate(g.decoder) if i >= 4)
+    hnu = sum(t.time(op, pos["hnu"][i]) for u in g.hnu for i, op in enumerate(u))
+    assert terms["full"] == pytest.approx(full) and terms["hnu"] == pytest.approx(hnu)
+    t.calibration = {"kind": "levels", "scale": 1.0, "offset_ms": 3.0,
+                     "scales": {"full": 0.5, "half": 2.0, "hnu": 1.5, "fixed": 1.0}}
+    model = LatencyModel(t)
+    want = 0.5 * terms["full"] + 2.0 * terms["half"] + 1.5 * terms["hnu"] + terms["fixed"] + 3.0
+    assert model.predict(g) == pytest.approx(want, rel=1e-12)
+    assert float(model.expected(model.one_hot_alpha(g))) == pytest.approx(want, rel=1e-9)
+    assert torch.autograd.gradcheck(
+        lambda e, d, h: model.expected({"alpha_encoder": e, "alpha_decoder": d, "alpha_hnu": h}),
+        tuple(random_alpha(model, units=2, seed=1).values()),
+    )
+    # the scales do weight the gradient: d LAT / d α of a half-resolution edge doubles with s_half 1 → 2
+    t1 = synthetic_table(units=3)
+    t1.calibration = {"kind": "levels", "scale": 1.0, "offset_ms": 3.0, "scales": {"full": 0.5, "half": 1.0, "hnu": 1.5, "fixed": 1.0}}
+    a1, a2 = random_alpha(model, units=3, seed=2), random_alpha(model, units=3, seed=2)
+    LatencyModel(t1).expected(a1).backward()
+    model.expected(a2).backward()
+    assert torch.allclose(a2["alpha_encoder"].grad[5:], 2.0 * a1["alpha_encoder"].grad[5:])
+    assert torch.allclose(a2["alpha_encoder"].grad[:5], a1["alpha_encoder"].grad[:5])
+    bad = t.to_dict()
+    bad["calibration"]["scales"] = {"quarter": 1.0}
+    with pytest.raises(LatencyTableError, match="calibration.scales"):
+        LatencyTable.from_dict(bad)
 
 
 def test_predict_refuses_foreign_genotype():
@@ -287,32 +293,71 @@ def test_tiny_profile_and_measure(tmp_path, backend):
         pytest.importorskip("onnxruntime")
     out = tmp_path / "table.json"
     table = profile("cpu", backend, TINY["resolution"], channels=TINY["channels"], units=TINY["units"],
-                    out=out, repeats=3, warmup=1, threads=1)
+                    out=out, repeats=3, warmup=1, rounds=1, retries=0, threads=1, chain=3)
     back = LatencyTable.load(out)
     assert back.to_dict() == table.to_dict()  # what profile returns is what it wrote
     assert back.estimate is False and back.backend["name"] == backend and back.device["cpu"]
     assert back.resolution == (18, 14) and back.dtype == "float32" and back.date
+    assert back.settings["threads"] == 1 and back.settings["chain"] == 3 and back.settings["load"]["before"]["loadavg"]
     sp = get_space("paper")
     # dedupe: C1 full-res positions are shared by encoder and decoder, C2 half-res likewise
     assert len(back.entries) == 4 * len(sp.fcm) + len(sp.hnu)
-    assert {f["name"] for f in back.fixed} >= {"io", "down1", "down2", "up1", "up2", "hnu_merge", "hnu_relu"}
-    assert all(e["ms"] >= 0 for e in back.entries)
+    assert {f["name"] for f in back.fixed} == {"io", "down1", "down2", "up1", "up2", "pair_add_full", "pair_add_half",
+                                               "hnu_merge"}
+    for e in back.entries:
+        if e["c_in"] == e["c_out"]:  # in context: the marginal block of a chain of 3
+            t1, t3 = e["chain_ms"]  # rounded to 1e-6 ms when stored
+            assert e["method"] == "chain3" and e["ms"] == pytest.approx(max((t3 - t1) / 2, 0.0), abs=1e-6) and e["runs"] == 6
+        else:  # head / tail alone, less the empty call
+            assert e["method"] == "alone"
+            assert e["ms"] == pytest.approx(max(e["raw_ms"] - back.settings["call_overhead_ms"], 0.0), abs=1e-6)
     assert all(e.get("folded") for e in back.entries if e["variant"] == "bn_folded")
     g = random_genotype(channels=TINY["channels"], units=TINY["units"], seed=0)
     model = LatencyModel(back)
-    pred = model.predict(g)
-    meas = measure_network(g, backend, TINY["resolution"], repeats=3, warmup=1, threads=1)
-    assert pred > 0 and meas > 0 and math.isfinite(meas)
+    assert model.predict(g) == pytest.approx(sum(model.terms(g).values()))  # no calibration: the plain sum
+    runs: list[float] = []
+    meas = measure_network(g, backend, TINY["resolution"], repeats=3, warmup=1, rounds=2, threads=1, samples=runs)
+    assert len(runs) == 6 and meas == pytest.approx(statistics.median(runs))
     alpha = random_alpha(model, units=1)
     model.expected(alpha).backward()
-    assert alpha["alpha_hnu"].grad is not None
+    assert alpha["alpha_hnu"].grad is not None and float(alpha["alpha_hnu"].grad.abs().sum()) > 0
 
 
-def test_profile_calibrate_tiny():
+def test_profile_calibrate_tiny(tmp_path):
     table = profile("cpu", "torch", TINY["resolution"], channels=TINY["channels"], units=TINY["units"],
-                    repeats=2, warmup=1, threads=1, calibrate=3, calibration_repeats=2)
+                    repeats=2, warmup=1, rounds=1, retries=0, threads=1, calibrate=4, calibration_repeats=2)
     cal = table.calibration
-    assert cal["n"] == 3 and len(cal["rows"]) == 3 and cal["scale"] > 0
+    assert cal["n"] == 4 and len(cal["rows"]) == 4 and cal["kind"] in ("offset", "ratio", "linear")
+    assert all(v > 0 for v in cal["scales"].values())
+    path = table.save(tmp_path / "t.json")
+    back = LatencyTable.load(path)
+    assert back.calibration == json.loads(json.dumps(cal))  # the calibration round-trips with the table
+    model = LatencyModel(back)
     g = load_genotype(random_genotype(channels=TINY["channels"], units=1, seed=99))
-    model = LatencyModel(table)
-    assert model.predict(g) == pytest.approx(cal["scale"] * model.predict_raw(g) + cal["offset_ms"])
+    terms = model.terms(g)
+    assert model.predict(g) == pytest.approx(sum(cal["scales"][k] * v for k, v in terms.items()) + cal["offset_ms"])
+    for row in cal["rows"]:  # each row's prediction is the stored model applied to its terms
+        assert row["predicted_ms"] == pytest.approx(
+            sum(cal["scales"][k] * v for k, v in row["terms_ms"].items()) + cal["offset_ms"])
+
+
+def test_genotype_latency_cli_equals_predict(tmp_path):
+    from typer.testing import CliRunner
+
+    from hbl_edge.cli import app
+
+    t = synthetic_table(units=7)
+    t.calibration = {"kind": "levels", "scale": 1.0, "offset_ms": 2.0,
+                     "scales": {"full": 0.9, "half": 1.2, "hnu": 0.7, "fixed": 1.0}}
+    t.settings = {"threads": 2, "allow_spinning": None}
+    path = t.save(tmp_path / "t.json")
+    g = random_genotype(seed=11)
+    gpath = g.save(tmp_path / "genotype.json")
+    res = CliRunner().invoke(app, ["genotype", "latency", str(gpath), "--latency-table", str(path)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    assert got["predicted_ms"] == LatencyModel(path).predict(g)
+    assert got["resolution"] == [64, 48] and got["backend"] == "onnxruntime" and got["threads"] == 2
+    assert got["allow_spinning"] == "default" and got["calibration"] == "levels"
+    res = CliRunner().invoke(app, ["genotype", "latency", str(gpath), "--latency-table", str(tmp_path / "none.json")])
+    assert res.exit_code == 2 and "does not exist" in res.output

@@ -442,3 +442,145 @@ class TestLPIPS:
         torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(L.LPIPS_CHANNELS)}, p)
         with pytest.raises(LossSpecError, match=r"lpips weight file .* lacks 26 backbone keys \(features.0.weight, "):
             L.load_lpips(p)
+
+
+# ------------------------------------------------------------------------------------------
+# LPIPS with the AlexNet backbone (random weights: nothing is downloaded)
+# ------------------------------------------------------------------------------------------
+ALEX_CONVS = {0: (64, 3, 11), 3: (192, 64, 5), 6: (384, 192, 3), 8: (256, 384, 3), 10: (256, 256, 3)}
+
+
+@pytest.fixture(scope="module")
+def alex_file(tmp_path_factory):
+    g = torch.Generator().manual_seed(3)
+    sd = {}
+    for i, (co, ci, k) in ALEX_CONVS.items():
+        sd[f"features.{i}.weight"] = torch.randn(co, ci, k, k, generator=g) * math.sqrt(2.0 / (k * k * ci))
+        sd[f"features.{i}.bias"] = 0.01 * torch.randn(co, generator=g)
+    for k, c in enumerate(L.LPIPS_BACKBONES.get("alex").channels):
+        sd[f"lin{k}.model.1.weight"] = torch.rand(1, c, 1, 1, generator=g)
+    sd["classifier.1.weight"] = torch.zeros(2, 2)  # torchvision's classifier keys are ignored
+    p = tmp_path_factory.mktemp("alex") / "lpips_alex.safetensors"
+    save_file(sd, str(p))
+    return p
+
+
+class TestLPIPSAlex:
+    def test_backbone_read_off_the_file(self, alex_file, lpips_file):
+        assert L.load_lpips(alex_file).net == "alex"
+        assert L.load_lpips(lpips_file).net == "vgg"
+        assert L.load_lpips(alex_file, "alex").net == "alex"
+
+    def test_against_formula_with_torchvision_layout(self, alex_file):
+        """Recompute the distance with F.conv2d from the file's tensors and torchvision's
+        alexnet strides/paddings/pools: a wrong layer, tap or stride changes the value."""
+        import torch.nn.functional as F
+        from safetensors.torch import load_file
+
+        sd = load_file(str(alex_file))
+        net = L.load_lpips(alex_file)
+        x, y = torch.rand(2, 3, 64, 48), torch.rand(2, 3, 64, 48)
+        shift = torch.tensor(L.LPIPS_SHIFT).view(1, 3, 1, 1)
+        scale = torch.tensor(L.LPIPS_SCALE).view(1, 3, 1, 1)
+
+        def taps(z):
+            h = ((2 * z - 1) - shift) / scale
+            conv = lambda h, i, s, p: F.relu(F.conv2d(h, sd[f"features.{i}.weight"], sd[f"features.{i}.bias"], s, p))  # noqa: E731
+            r1 = conv(h, 0, 4, 2)
+            r2 = conv(F.max_pool2d(r1, 3, 2), 3, 1, 2)
+            r3 = conv(F.max_pool2d(r2, 3, 2), 6, 1, 1)
+            r4 = conv(r3, 8, 1, 1)
+            r5 = conv(r4, 10, 1, 1)
+            return [t / (t.norm(dim=1, keepdim=True) + 1e-10) for t in (r1, r2, r3, r4, r5)]
+
+        ref = sum(
+            (sd[f"lin{k}.model.1.weight"].view(1, -1, 1, 1) * (a - b) ** 2).sum(1).mean(dim=(1, 2))
+            for k, (a, b) in enumerate(zip(taps(x), taps(y)))
+        )
+        torch.testing.assert_close(net(x, y), ref, rtol=1e-5, atol=1e-7)
+        assert net(x, x).abs().max().item() == 0.0
+
+    def test_official_package_naming(self, alex_file, tmp_path):
+        from safetensors.torch import load_file
+
+        backbone = L.LPIPS_BACKBONES.get("alex")
+        renamed = {}
+        for k, v in load_file(str(alex_file)).items():
+            if k.startswith("features."):
+                i = int(k.split(".")[1])
+                renamed[f"net.slice{backbone.slice_of(i)}.{k[len('features.'):]}"] = v
+            elif k.startswith("lin"):
+                renamed[k.replace("lin", "lins.", 1)] = v
+        p = tmp_path / "lpips_alex_full.pth"
+        torch.save(renamed, p)
+        x, y = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 40, 40)
+        torch.testing.assert_close(L.load_lpips(p)(x, y), L.load_lpips(alex_file)(x, y))
+
+    def test_wrong_backbone_named(self, alex_file, lpips_file):
+        with pytest.raises(LossSpecError, match="holds the alex backbone, not vgg; pass --lpips-net alex"):
+            L.load_lpips(alex_file, "vgg")
+        with pytest.raises(LossSpecError, match="holds the vgg backbone, not alex"):
+            L.load_lpips(lpips_file, "alex")
+        with pytest.raises(LossSpecError, match="unknown LPIPS backbone 'squeeze'; known: alex, vgg"):
+            L.load_lpips(alex_file, "squeeze")
+
+    def test_missing_heads_message_names_alex_layout(self, alex_file, tmp_path):
+        from safetensors.torch import load_file
+
+        sd = {k: v for k, v in load_file(str(alex_file)).items() if k.startswith("features.")}
+        p = tmp_path / "alex_backbone_only.safetensors"
+        save_file(sd, str(p))
+        with pytest.raises(LossSpecError, match=r"torchvision alexnet keys features.N.weight/bias \(N = 0,3,6,8,10"):
+            L.load_lpips(p)
+
+    def test_weighted_loss_and_gradient(self, alex_file):
+        loss = L.build_loss("l1,lpips", lpips_weights=alex_file, lpips_net="alex")
+        assert loss.terms["lpips"].net.net == "alex"
+        p = torch.rand(1, 3, 32, 32, requires_grad=True)
+        total, parts = loss(p, torch.rand(1, 3, 32, 32))
+        total.backward()
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+        assert not any(q.requires_grad for q in loss.terms["lpips"].parameters())
+
+
+class TestTargetFeatureCache:
+    def test_same_target_computed_once_values_unchanged(self, vgg_net, alex_file):
+        calls = {"n": 0}
+        cache = L.TargetFeatureCache()
+        t = torch.rand(1, 3, 8, 8)
+
+        def compute():
+            calls["n"] += 1
+            return t.sum()
+
+        assert cache.get(t, "k", compute) == cache.get(t, "k", compute) and calls["n"] == 1
+        cache.get(t, "other", compute)  # another key: computed
+        assert calls["n"] == 2
+        t.add_(1.0)  # an in-place change invalidates
+        cache.get(t, "k", compute)
+        assert calls["n"] == 3
+        u = t.clone()  # an equal tensor that is another object: computed
+        cache.get(u, "k", compute)
+        assert calls["n"] == 4
+        g = torch.rand(1, 3, 8, 8, requires_grad=True)  # never cached
+        cache.get(g, "k", compute)
+        cache.get(g, "k", compute)
+        assert calls["n"] == 6
+
+    @pytest.mark.parametrize("term", ["vgg", "lpips"])
+    def test_cached_loss_equals_uncached_and_keeps_pred_gradient(self, term, vgg_files, alex_file):
+        loss = L.build_loss(term, vgg_weights=vgg_files / "vgg19.pth", lpips_weights=alex_file)
+        module = loss.terms[term]
+        p = torch.rand(2, 3, 48, 48, requires_grad=True)
+        t = torch.rand(2, 3, 48, 48)
+        first = module(p, t)
+        (g1,) = torch.autograd.grad(first, p)
+        second = module(p, t)  # from the cache
+        (g2,) = torch.autograd.grad(second, p)
+        assert torch.equal(first, second) and torch.equal(g1, g2)
+        assert len(module.cache._entries) == 1
+        fresh = L.build_loss(term, vgg_weights=vgg_files / "vgg19.pth", lpips_weights=alex_file).terms[term]
+        torch.testing.assert_close(fresh(p, t), first)
+        del t  # a dead target never matches a new tensor at the same address
+        t2 = torch.rand(2, 3, 48, 48)
+        torch.testing.assert_close(module(p, t2), fresh(p, t2))

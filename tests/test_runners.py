@@ -110,7 +110,7 @@ class TestOrtRunner:
         r = OrtRunner(artifacts[1], threads=1)
         with pytest.raises(ValueError, match=r"expected an N×3×H×W image batch, got shape \(3, 8, 8\)"):
             r.run(np.zeros((3, 8, 8), np.float32))
-        with pytest.raises(BackendError, match="does not exist; run `hbl-edge export` first"):
+        with pytest.raises(BackendError, match="does not exist; pass an export/ folder holding model.onnx"):
             OrtRunner(tmp_path / "missing.onnx")
         with pytest.raises(BackendError, match="has no NoSuchExecutionProvider"):
             OrtRunner(artifacts[1], providers=["NoSuchExecutionProvider"])
@@ -132,6 +132,7 @@ class FakeCuda(types.ModuleType):
         super().__init__("pycuda.driver")
         self.memory: dict[int, np.ndarray] = {}
         self.allocs = 0
+        self.pinned = 0
         self.pushes = 0
         self._next = 4096
         cuda = self
@@ -190,8 +191,8 @@ class FakeCuda(types.ModuleType):
         self.allocs += 1
         return self._Alloc(nbytes)
 
-    @staticmethod
-    def pagelocked_empty(shape, dtype):
+    def pagelocked_empty(self, shape, dtype):
+        self.pinned += 1
         return np.empty(shape, dtype)
 
     def memcpy_htod_async(self, dst, src, stream) -> None:
@@ -203,11 +204,31 @@ class FakeCuda(types.ModuleType):
         raw[:] = self.memory[int(src)][: raw.size]
 
 
-def make_fake_trt(cuda: FakeCuda, version: str = "10.3.0") -> types.ModuleType:
-    trt = types.ModuleType("tensorrt")
+class FakeRuntimeCache:
+    """TensorRT-RTX's runtime cache: here, the shapes whose kernels were 'compiled', as JSON."""
+
+    def __init__(self) -> None:
+        self.compiled: list[list[int]] = []
+        self.loaded: list[bytes] = []
+        self.serialized = 0
+
+    def deserialize(self, blob: bytes) -> bool:
+        self.loaded.append(bytes(blob))
+        self.compiled = json.loads(bytes(blob))
+        return True
+
+    def serialize(self) -> bytes:
+        self.serialized += 1
+        return json.dumps(self.compiled).encode()
+
+
+def make_fake_trt(cuda: FakeCuda, version: str = "10.3.0", rtx: bool = False) -> types.ModuleType:
+    trt = types.ModuleType("tensorrt_rtx" if rtx else "tensorrt")
     trt.__version__ = version
     calls: list[tuple] = []
     trt.calls = calls
+    trt.execute_hook = None
+    trt.runtime_error = None  # an exception the Runtime factory raises (CUDA initialisation failure)
     trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
     trt.nptype = lambda dt: np.float32
 
@@ -218,9 +239,10 @@ def make_fake_trt(cuda: FakeCuda, version: str = "10.3.0") -> types.ModuleType:
             pass
 
     class Context:
-        def __init__(self) -> None:
+        def __init__(self, cache: FakeRuntimeCache | None = None) -> None:
             self.shape = None
             self.addr: dict[str, int] = {}
+            self.cache = cache
 
         def set_optimization_profile_async(self, k, stream):
             calls.append(("profile", k))
@@ -241,6 +263,10 @@ def make_fake_trt(cuda: FakeCuda, version: str = "10.3.0") -> types.ModuleType:
 
         def execute_async_v3(self, stream):
             calls.append(("execute", stream))
+            if trt.execute_hook is not None:
+                trt.execute_hook()
+            if self.cache is not None and list(self.shape) not in self.cache.compiled:
+                self.cache.compiled.append(list(self.shape))  # JIT: kernels for a new shape
             n = int(np.prod(self.shape)) * 4
             x = cuda.memory[self.addr["image"]][:n].view(np.float32)
             cuda.memory[self.addr["enhanced"]][:n] = (1.0 - x).astype(np.float32).view(np.uint8)
@@ -263,12 +289,27 @@ def make_fake_trt(cuda: FakeCuda, version: str = "10.3.0") -> types.ModuleType:
         def get_tensor_profile_shape(self, name, k):
             return self.profiles[k]
 
-        def create_execution_context(self):
-            return Context()
+        def create_execution_context(self, config=None):
+            return Context(config.cache if config is not None else None)
+
+    class RuntimeConfig:
+        cache = None
+
+        def create_runtime_cache(self):
+            trt.caches.append(FakeRuntimeCache())
+            return trt.caches[-1]
+
+        def set_runtime_cache(self, cache):
+            self.cache = cache
+
+    trt.caches = []
+    if rtx:
+        Engine.create_runtime_config = lambda self: RuntimeConfig()
 
     class Runtime:
         def __init__(self, logger) -> None:
-            pass
+            if trt.runtime_error is not None:
+                raise trt.runtime_error
 
         def deserialize_cuda_engine(self, blob):
             return Engine() if blob == b"engine" else None
@@ -303,25 +344,41 @@ class TestTrtRunnerFake:
         kinds = [c[0] for c in trt.calls]
         assert kinds == ["profile", "shape", "address", "address", "execute", "execute", "execute"]
         assert cuda.allocs == 2 and cuda.pushes == 0  # buffers kept, context popped after each call
+        assert cuda.pinned == 2 and r.host_allocations == 2  # one page-locked buffer each way
 
-        trt.calls.clear()  # a smaller frame: new shape, same device buffers
-        r.run(x[:, :, :10, :12])
-        assert [c[0] for c in trt.calls] == ["shape", "address", "address", "execute"] and cuda.allocs == 2
+        trt.calls.clear()  # a smaller frame: new shape, same device AND page-locked host buffers
+        small = x[:, :, :10, :12]
+        np.testing.assert_allclose(r.run(small), 1.0 - small, atol=1e-6)
+        assert [c[0] for c in trt.calls] == ["shape", "address", "address", "execute"]
+        assert cuda.allocs == 2 and cuda.pinned == 2
+        np.testing.assert_allclose(r.run(x), 1.0 - x, atol=1e-6)  # back up to the first size: still no allocation
+        assert cuda.allocs == 2 and cuda.pinned == 2
 
         trt.calls.clear()  # a frame only the second profile holds: switch profile, grow buffers
         y = np.random.default_rng(1).random((2, 3, 40, 50), dtype=np.float32)
         np.testing.assert_allclose(r.run(y), 1.0 - y, atol=1e-6)
         assert trt.calls[:2] == [("profile", 1), ("shape", "image", (2, 3, 40, 50))] and cuda.allocs == 4
+        assert cuda.pinned == 4
         r.close()
         r.close()
         assert not cuda.memory
 
-    def test_shape_outside_profiles(self, fake_gpu):
+    def test_shape_outside_profiles_gives_the_advice_that_helps(self, fake_gpu):
         from hbl_edge.runtime.trt_runner import TrtRunner
 
         r = TrtRunner(fake_gpu[2])
-        with pytest.raises(BackendError, match=r"input shape 1x3x4x4 \(N×C×H×W\) is outside every profile.*rebuild"):
+        with pytest.raises(BackendError) as small:  # below min: tiling cannot help, a smaller min does
             r.run(np.zeros((1, 3, 4, 4), np.float32))
+        msg = str(small.value)
+        assert "1×3×4×4 (N×C×H×W) fits no profile" in msg and "smaller than the profiles' min" in msg
+        assert "--shapes min=1x1" in msg and "--tile" not in msg
+        with pytest.raises(BackendError) as big:  # beyond every max: tile within the largest max side
+            r.run(np.zeros((1, 3, 200, 90), np.float32))
+        assert "larger than every profile's max: tile it (--tile 128;" in str(big.value)
+        with pytest.raises(BackendError, match="pass fewer images per call"):
+            r.run(np.zeros((3, 3, 40, 40), np.float32))
+        for e in (small, big):
+            assert "\n" not in str(e.value)
 
     def test_refuses_mismatched_engine(self, fake_gpu):
         from hbl_edge.runtime.trt_runner import TrtRunner
@@ -367,3 +424,72 @@ def test_trt_rtx_runner_without_pycuda(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
     with pytest.raises(BackendError, match="pycuda is not installed; `pip install pycuda`"):
         TrtRtxRunner(engine)
+
+
+class TestTrtRunnerLifecycle:
+    def test_close_waits_for_the_inference_in_flight(self, fake_gpu):
+        import threading
+
+        from hbl_edge.runtime.trt_runner import TrtRunner
+
+        cuda, trt, engine = fake_gpu
+        r = TrtRunner(engine)
+        entered, release = threading.Event(), threading.Event()
+        trt.execute_hook = lambda: (entered.set(), release.wait(5))
+        x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.setdefault("out", r.run(x)))
+        worker.start()
+        assert entered.wait(5)
+        closer = threading.Thread(target=r.close)
+        closer.start()
+        closer.join(0.3)
+        assert closer.is_alive() and cuda.memory  # close is blocked on the lock; buffers still there
+        release.set()
+        worker.join(5)
+        closer.join(5)
+        assert not closer.is_alive() and not cuda.memory
+        np.testing.assert_allclose(result["out"], 1.0 - x, atol=1e-6)  # the run finished on live buffers
+
+    def test_cuda_initialisation_failure_is_one_line(self, fake_gpu):
+        from hbl_edge.runtime.trt_runner import TrtRunner
+
+        cuda, trt, engine = fake_gpu
+        trt.runtime_error = TypeError("pybind11::init(): factory function returned nullptr\nmore")
+        with pytest.raises(BackendError) as e:
+            TrtRunner(engine)
+        msg = str(e.value)
+        assert msg.startswith("tensorrt 10.3.0 could not initialise CUDA (pybind11::init(): factory function returned nullptr)")
+        assert "nvidia-smi" in msg and "\n" not in msg and cuda.pushes == 0  # context popped on the way out
+
+    def test_rtx_runtime_cache_is_reused_and_saved(self, monkeypatch, tmp_path):
+        from hbl_edge.runtime.trt_runner import TrtRtxRunner
+
+        cuda = FakeCuda()
+        pycuda = types.ModuleType("pycuda")
+        pycuda.driver = cuda
+        rtx = make_fake_trt(cuda, version="1.7.1.116", rtx=True)
+        monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+        monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+        monkeypatch.setitem(sys.modules, "tensorrt_rtx", rtx)
+        engine = tmp_path / "model.tensorrt-rtx.0123456789abcdef.engine"
+        engine.write_bytes(b"engine")
+        cache_file = tmp_path / "rt.cache"
+        x = np.zeros((1, 3, 16, 16), np.float32)
+
+        r = TrtRtxRunner(engine, runtime_cache=cache_file)
+        assert rtx.caches[0].loaded == []  # no file yet: a fresh cache
+        r.run(x)  # first run of a shape: kernels compiled, cache saved right away (no close needed)
+        assert json.loads(cache_file.read_bytes()) == [[1, 3, 16, 16]]
+        r.run(x)
+        assert rtx.caches[0].serialized == 1  # same shape: nothing new to save
+        r.run(np.zeros((1, 3, 8, 12), np.float32))
+        assert json.loads(cache_file.read_bytes()) == [[1, 3, 16, 16], [1, 3, 8, 12]]
+        r.close()
+        assert rtx.caches[0].serialized == 3  # and once more on close
+
+        again = TrtRtxRunner(engine, runtime_cache=cache_file)  # the next process starts with the kernels
+        assert json.loads(rtx.caches[1].loaded[0]) == [[1, 3, 16, 16], [1, 3, 8, 12]]
+        again.run(x)
+        assert rtx.caches[1].serialized == 1 and json.loads(cache_file.read_bytes()) == [[1, 3, 16, 16], [1, 3, 8, 12]]
+        again.close()

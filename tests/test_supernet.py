@@ -6,17 +6,21 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hbl_edge.errors import GenotypeError
 from hbl_edge.genotype import FORMAT, Genotype
 from hbl_edge.network import BranchNorm, Network, fold_batchnorm, iter_batchnorms
 from hbl_edge.ops import PARAMETER_FREE_OPS, SPACES
+from hbl_edge.ops import OPS, make_op
 from hbl_edge.search.supernet import (
     ALPHA_INIT_SCALE,
+    HNU_NORMS,
     DerivationReport,
     MixedOp,
     Supernet,
+    decompose,
     derive,
     derived_state_dict,
 )
@@ -128,22 +132,41 @@ class TestAlpha:
 # Topology and mixed ops
 # ---------------------------------------------------------------------------------------------
 class TestTopology:
-    def test_every_edge_is_a_mixed_op_over_its_space(self):
-        net = _supernet("edge")
+    @pytest.mark.parametrize("norm", HNU_NORMS)
+    def test_every_edge_is_a_mixed_op_over_its_space(self, norm):
+        net = _supernet("edge", hnu_norm=norm)
         s = SPACES["edge"]
         ops = dict(net.mixed_ops())
         assert len(ops) == 9 + 9 + 8 * 2
         for name, m in ops.items():
             if m.group == "hnu":
                 assert name.startswith("units.")
-                assert m.names == s.hnu and m.normed_output
-                assert all(isinstance(c, BranchNorm) for c in m.candidates)
+                assert m.names == s.hnu and m.normed_output and m.norm == norm
+                per_candidate = all(isinstance(c, BranchNorm) for c in m.candidates)
+                assert per_candidate == (norm == "candidate")
+                assert (m.bn is None) == (norm == "candidate")
             else:
-                assert m.names == s.fcm and not m.normed_output
+                assert m.names == s.fcm and not m.normed_output and m.bn is None
         assert isinstance(net.head, MixedOp) and isinstance(net.tail, MixedOp)
-        # one BatchNorm per HNU candidate, none elsewhere; HNU did not wrap the mixed op again
-        assert len(list(iter_batchnorms(net))) == 2 * 8 * len(s.hnu)
+        # one BatchNorm per HNU candidate (or per HNU edge), none elsewhere; HNU did not wrap
+        # the mixed op again
+        per_edge = len(s.hnu) if norm == "candidate" else 1
+        assert len(list(iter_batchnorms(net))) == 2 * 8 * per_edge
         assert all(isinstance(e, MixedOp) for u in net.units for e in [*u.branch_r, *u.branch_i])
+
+    def test_fusion_plan_of_the_paper_space(self):
+        net = _supernet(hnu_norm="edge")
+        hnu, fcm = net.units[0].branch_r[0], net.head
+        # every HNU candidate splits: one 3×3 mixed kernel (1×1, 3×3, residuals, skip, the
+        # dense blocks' x-halves) and one dilated 3×3; the encoder/decoder edges are one 5×5
+        assert hnu.fused == SPACES["paper"].hnu and hnu._groups == {1: 3, 2: 3}
+        assert fcm.fused == SPACES["paper"].fcm and fcm._groups == {1: 5}
+        # per-candidate BatchNorm leaves nothing to fuse on HNU edges (a BN sits between)
+        cand = _supernet(hnu_norm="candidate")
+        assert cand.units[0].branch_r[0].fused == () and cand.head.fused == SPACES["paper"].fcm
+        assert _supernet(fuse=False).head.fused == ()
+        with pytest.raises(GenotypeError, match="hnu_norm must be one of edge, candidate"):
+            _supernet(hnu_norm="both")
 
     def test_fixed_layers_like_network(self):
         net = _supernet()
@@ -153,15 +176,20 @@ class TestTopology:
             assert type(getattr(net, name)) is type(getattr(ref, name))
             assert getattr(net, name).weight.shape == getattr(ref, name).weight.shape
 
-    def test_mixed_op_is_weighted_sum(self):
-        net = _supernet().eval()
+    @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+    @pytest.mark.parametrize("norm", HNU_NORMS)
+    def test_mixed_op_is_weighted_sum(self, norm, fuse):
+        net = _supernet(hnu_norm=norm, fuse=fuse).eval()
         _warm(net)
         edge = net.units[1].branch_i[2]
         x = _x(2, 8, 5, 6)
         w = torch.softmax(torch.randn(9, generator=torch.Generator().manual_seed(0)), 0)
         edge.weights = w
         with torch.no_grad():
-            manual = sum(w[i] * c.bn(c.op(x)) for i, c in enumerate(edge.candidates))
+            if norm == "candidate":
+                manual = sum(w[i] * c.bn(c.op(x)) for i, c in enumerate(edge.candidates))
+            else:
+                manual = edge.bn(sum(w[i] * c(x) for i, c in enumerate(edge.candidates)))
             torch.testing.assert_close(edge(x), manual)
         head = net.head
         head.weights = w[:4] / w[:4].sum()
@@ -254,11 +282,16 @@ class TestGradients:
 # ---------------------------------------------------------------------------------------------
 # One-hot α == the derived network
 # ---------------------------------------------------------------------------------------------
+@pytest.fixture(params=HNU_NORMS)
+def hnu_norm(request):
+    return request.param
+
+
 @pytest.mark.parametrize("space", ["paper", "edge"])
 class TestOneHotEquivalence:
-    def test_one_hot_supernet_equals_derived_network(self, space):
+    def test_one_hot_supernet_equals_derived_network(self, space, hnu_norm):
         g = _random_genotype(7, space)
-        net = _supernet(space)
+        net = _supernet(space, hnu_norm=hnu_norm)
         net.set_alpha_from_genotype(g)
         for p in net.edge_probabilities().values():  # exactly one-hot in float32
             assert set(p.unique().tolist()) == {0.0, 1.0}
@@ -277,9 +310,9 @@ class TestOneHotEquivalence:
             # train mode (batch statistics) matches as well
             torch.testing.assert_close(ref.train()(x), net.train()(x), rtol=0, atol=1e-5)
 
-    def test_one_hot_float64(self, space):
+    def test_one_hot_float64(self, space, hnu_norm):
         g = _random_genotype(8, space)
-        net = _supernet(space).double()
+        net = _supernet(space, hnu_norm=hnu_norm).double()
         net.set_alpha_from_genotype(g)
         _warm(net, dtype=torch.float64)
         ref = Network(g).double()
@@ -288,10 +321,10 @@ class TestOneHotEquivalence:
         with torch.no_grad():
             torch.testing.assert_close(ref.eval()(x), net(x), rtol=1e-12, atol=1e-12)
 
-    def test_derived_network_folds(self, space):
+    def test_derived_network_folds(self, space, hnu_norm):
         # supernet → derive → Network → fold_batchnorm: the whole export path.
         g = _random_genotype(9, space)
-        net = _supernet(space)
+        net = _supernet(space, hnu_norm=hnu_norm)
         net.set_alpha_from_genotype(g)
         _warm(net)
         ref = Network(g)
@@ -302,16 +335,21 @@ class TestOneHotEquivalence:
 
 
 class TestDerivedStateDict:
-    def test_keys_and_values(self):
+    @pytest.mark.parametrize("norm", HNU_NORMS)
+    def test_keys_and_values(self, norm):
         g = _random_genotype(1)
-        net = _supernet()
+        net = _warm(_supernet(hnu_norm=norm))
         sd = derived_state_dict(net, g)
         assert list(sd) == list(Network(g).state_dict())
         assert not any("alpha" in k or "candidates" in k for k in sd)
         idx = SPACES["paper"].hnu.index(g.hnu[1][5])
-        src = net.units[1].branch_i[1].candidates[idx]
+        edge = net.units[1].branch_i[1]
+        src = edge.candidates[idx]
+        prefix = "" if norm == "candidate" else "op."
         for k, v in src.state_dict().items():
-            assert torch.equal(sd[f"units.1.branch_i.1.{k}"], v)
+            assert torch.equal(sd[f"units.1.branch_i.1.{prefix}{k}"], v)
+        if norm == "edge":  # the edge's own statistics become the derived BranchNorm's
+            assert torch.equal(sd["units.1.branch_i.1.bn.running_var"], edge.bn.running_var)
         assert torch.equal(sd["down1.weight"], net.down1.weight)
         sd["down1.weight"].add_(1.0)  # copies, not views
         assert not torch.equal(sd["down1.weight"], net.down1.weight)
@@ -418,3 +456,70 @@ def test_fold_batchnorm_random_edge_genotype(seed):
         folded = fold_batchnorm(net)
         torch.testing.assert_close(folded(x), net(x), rtol=0, atol=1e-5)
     assert list(iter_batchnorms(folded)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Fusion: the mixed-kernel evaluation is the same function as the sum over candidates
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_decompose_reproduces_every_op(name):
+    """Σ parts + identity + rest == op(x) in float64, for every op that splits."""
+    torch.manual_seed(0)
+    op = make_op(name, 6, 6).double()
+    dec = decompose(op)
+    x = _x(2, 6, 9, 7, dtype=torch.float64)
+    if dec is None:
+        assert name in {"conv_3x3_half"}  # a bottleneck with ReLUs inside: evaluated as it is
+        return
+    y = sum((F.conv2d(x, p.kernel, padding=p.dilation * (p.kernel.shape[-1] // 2), dilation=p.dilation)
+             for p in dec.parts), torch.zeros_like(x))
+    if dec.identity:
+        y = y + x
+    if dec.rest is not None:
+        y = y + dec.rest(x)
+    torch.testing.assert_close(y, op(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("space", ["paper", "edge"])
+@pytest.mark.parametrize("norm", HNU_NORMS)
+def test_fused_supernet_equals_unfused_values_and_gradients(space, norm):
+    """Same weights, fuse on/off: outputs, ∂/∂α and ∂/∂w agree to float64 rounding."""
+    fused = _supernet(space, hnu_norm=norm, fuse=True).double().train()
+    plain = _supernet(space, hnu_norm=norm, fuse=False).double().train()
+    plain.load_state_dict(fused.state_dict())
+    with torch.no_grad():  # α away from uniform, so every mixture weight differs
+        for p in fused.arch_parameters():
+            p.normal_(0, 1, generator=torch.Generator().manual_seed(3))
+        for a, b in zip(plain.arch_parameters(), fused.arch_parameters()):
+            a.copy_(b)
+    x, y = _x(2, 3, 12, 10, dtype=torch.float64), _x(2, 3, 12, 10, seed=2, dtype=torch.float64)
+    outs = []
+    for net in (fused, plain):
+        out = net(x)
+        loss = (out - y).pow(2).mean()
+        outs.append((out.detach(), torch.autograd.grad(loss, list(net.parameters()))))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-10, atol=1e-12)
+    for (name, _), ga, gb in zip(fused.named_parameters(), outs[0][1], outs[1][1]):
+        torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-12, msg=name)
+    # the BatchNorm statistics followed the same activations
+    for (k, a), b in zip(fused.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_placed_supernet_computes_the_same_function():
+    """stages.place (channels-last on the CPU, as the search runs it): same outputs and
+    gradients as the contiguous supernet, to float32 rounding; same state-dict keys."""
+    from hbl_edge.search.stages import place, place_batch
+
+    a = _supernet(hnu_norm="edge").train()
+    b = _supernet(hnu_norm="edge").train()
+    b.load_state_dict(a.state_dict())
+    b = place(b)
+    assert b.head.candidates[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert list(a.state_dict()) == list(b.state_dict())
+    x, y = _x(2, 3, 16, 12), _x(2, 3, 16, 12, seed=3)
+    xb, _ = place_batch((x, y))
+    la, lb = ((net(inp) - y).abs().mean() for net, inp in ((a, x), (b, xb)))
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+    for ga, gb in zip(torch.autograd.grad(la, a.arch_parameters()), torch.autograd.grad(lb, b.arch_parameters())):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)

@@ -41,6 +41,33 @@ def torchless_env(folder: str | os.PathLike[str], env: dict[str, str] | None = N
     return out
 
 
+def tiny_export(root: str | os.PathLike[str], *, task: str = "lowlight", fp16: bool = False, seed: int = 0):
+    """A tiny bundle, its ``export/`` and a COPY of that folder elsewhere (what a device receives).
+
+    Returns ``(bundle, bundle/export, copy)``. Made with torch in the test process (a 4/8-channel,
+    one-unit network: about a second); the copy is what the torch-free commands get.
+    """
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from hbl_edge.bundle import save_bundle
+    from hbl_edge.export import export_onnx
+    from hbl_edge.genotype import Genotype
+    from hbl_edge.network import Network
+
+    root = Path(root)
+    genotype = Genotype(encoder=["conv_3x3"] * 9, decoder=["conv_3x3"] * 9, hnu=[["conv_1x1"] * 8], channels=(4, 8), units=1)
+    torch.manual_seed(seed)
+    bundle = save_bundle(root / "run", Network(genotype).eval(), task=task, loss={"l1": 1.0})
+    images = [("r", np.random.default_rng(seed).random((1, 3, 5, 7), dtype=np.float32))]
+    export_onnx(bundle, bundle / "export", fp16=fp16, images=images)
+    copy = root / "device" / "hbl-model"
+    shutil.copytree(bundle / "export", copy)
+    return bundle, bundle / "export", copy
+
+
 def run_torchless(args: Sequence[str], folder: str | os.PathLike[str], *, cwd: str | os.PathLike[str] | None = None,
                   timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m hbl_edge.cli ARGS`` (or ``python ARGS[1:]`` when ARGS[0] is ``"python"``) with torch blocked."""
@@ -48,4 +75,4 @@ def run_torchless(args: Sequence[str], folder: str | os.PathLike[str], *, cwd: s
     return subprocess.run(argv, cwd=cwd, env=torchless_env(folder, env), capture_output=True, text=True, timeout=timeout)
 
 
-__all__ = ["BLOCKED", "run_torchless", "torchless_env"]
+__all__ = ["BLOCKED", "run_torchless", "tiny_export", "torchless_env"]

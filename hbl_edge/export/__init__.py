@@ -5,6 +5,9 @@
   batch/height/width, checked against PyTorch, recorded in ``export.json``.
 - :func:`build_engine` — an ONNX file to a TensorRT or TensorRT-RTX engine in a cache keyed by
   ONNX sha256 + library/version + device + precision + shape profiles; a mismatch rebuilds.
+  :func:`build_engine_for_export` does it for an ``export/`` folder (where the engine goes when
+  the folder is read-only, the manifest record).
+- :func:`read_manifest` — an ``export/`` folder's ``export.json`` (``hbl-export/2``; ``/1`` read).
 
 The engine side imports neither torch nor anything that imports torch (a Jetson builds engines
 from the ONNX with TensorRT alone), so the names below are loaded lazily.
@@ -37,6 +40,13 @@ _LAZY = {
     "FP32_TOLERANCE": "onnx_export",
     "FP16_TOLERANCE": "onnx_export",
     "build_engine": "engines",
+    "build_serialized_engine": "engines",
+    "engine_dir_for": "engines",
+    "build_engine_for_export": "pipeline",
+    "ensure_export": "pipeline",
+    "export_bundle": "pipeline",
+    "Manifest": "manifest",
+    "read_manifest": "manifest",
     "EngineResult": "engines",
     "ShapeProfile": "engines",
     "parse_profile": "engines",

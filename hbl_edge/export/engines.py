@@ -18,18 +18,25 @@ runner's runtime cache). Its timing cache API is a no-op (deprecated since Tenso
 the file is still written and read through the same code path, and the build record says it is
 not effective.
 
+TensorRT 8.x (JetPack 5) is handled too: its ``create_network(0)`` makes an implicit-batch
+network, which cannot parse our ONNX, so the explicit-batch flag is set there
+(:func:`create_network`). :func:`build_serialized_engine` is the same build path for callers
+that need a bare engine (the latency profiler's per-op engines).
+
 Torch-free: this module runs on a Jetson with TensorRT, onnx and numpy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..runtime.trt_runner import cuda_device_identity, device_label
@@ -40,7 +47,11 @@ log = logging.getLogger(__name__)
 
 #: Engine kinds → Python module.
 ENGINE_KINDS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
-DEFAULT_PROFILE = "min=32x32,opt=1280x720,max=1920x1080"
+#: Runner backend names (``--backend``) → engine kinds (``--engine``): the one map of the two.
+BACKEND_ENGINE_KINDS = {"trt": "tensorrt", "trt-rtx": "tensorrt-rtx"}
+#: The profile used when none is given. The minimum is 1×1 because the graph pads any input to
+#: its multiple of 4 itself: small inputs (a thumbnail, the last column of tiles) are valid.
+DEFAULT_PROFILE = "min=1x1,opt=1280x720,max=1920x1080"
 DEFAULT_WORKSPACE_MB = 1024
 #: What TensorRT-RTX records as the device when it builds on a machine without a GPU.
 CPU_BUILD = "cpu-build"
@@ -160,6 +171,61 @@ def is_strongly_typed(trt: Any) -> bool:
     return not hasattr(trt.BuilderFlag, "FP16")
 
 
+def library_major(trt: Any) -> int:
+    """The major version of a TensorRT module (``"8.5.2.2"`` → 8); 0 when unreadable."""
+    m = re.match(r"(\d+)", str(getattr(trt, "__version__", "")))
+    return int(m.group(1)) if m else 0
+
+
+def explicit_batch_flags(trt: Any) -> int:
+    """The ``create_network`` flags for an explicit-batch network on this library.
+
+    TensorRT 8.x: ``create_network(0)`` is an implicit-batch network, on which the ONNX parser
+    refuses our graph (dynamic batch); ``1 << EXPLICIT_BATCH`` is required. TensorRT 10+:
+    explicit batch is the only mode and the flag is deprecated (ignored). TensorRT-RTX has no
+    such flag at all.
+    """
+    flag_enum = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    explicit = getattr(flag_enum, "EXPLICIT_BATCH", None) if flag_enum is not None else None
+    if explicit is None or library_major(trt) >= 10:
+        return 0
+    return 1 << int(explicit)
+
+
+def create_network(trt: Any, builder: Any) -> Any:
+    """An explicit-batch network definition on every supported TensorRT version (see above)."""
+    return builder.create_network(explicit_batch_flags(trt))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def cuda_init_hint() -> str:
+    return ("check that the NVIDIA driver is loaded (`nvidia-smi`; on a Jetson `tegrastats`) and that this process "
+            "sees the GPU (CUDA_VISIBLE_DEVICES, a container started with --gpus all or --runtime nvidia)")
+
+
+def create_builder(trt: Any, logger: Any, kind: str) -> Any:
+    """``trt.Builder(logger)``, with CUDA initialisation failures as one-line :class:`ExportError`\\ s.
+
+    When CUDA cannot be initialised, TensorRT logs the reason and its Python binding's factory
+    returns a null pointer, which pybind11 turns into a bare ``TypeError`` (a traceback for the
+    user); some versions return None instead.
+    """
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as e:
+        raise ExportError(
+            f"{kind} {trt.__version__} could not create a builder: CUDA did not initialise ({_first_line(e)}); "
+            f"{cuda_init_hint()}"
+        ) from None
+    if builder is None:
+        raise ExportError(f"{kind} {trt.__version__} could not create a builder (no usable GPU/driver); {cuda_init_hint()}")
+    return builder
+
+
 def onnx_precision(path: Path) -> str:
     """``"fp16"`` when the ONNX computes in float16 (our FP16 export), else ``"fp32"``."""
     import onnx
@@ -167,7 +233,7 @@ def onnx_precision(path: Path) -> str:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends
-        raise ExportError(f"{path}: not a readable ONNX file ({type(e).__name__}); export it again") from None
+        raise ExportError(f"{path}: not a readable ONNX file ({type(e).__name__}); copy or export it again") from None
     props = {p.key: p.value for p in model.metadata_props}
     if "hbl_edge.precision" in props:
         return props["hbl_edge.precision"]
@@ -196,7 +262,8 @@ def _choose_onnx(onnx_path: Path, fp16: bool, strongly_typed: bool, kind: str, i
             log.info("building the INT8 engine from the Q/DQ model %s", sibling.name)
             return sibling, "int8"
         raise ExportError(
-            f"an INT8 engine needs the Q/DQ model {sibling}, which does not exist; run `hbl-edge export --int8` first"
+            f"an INT8 engine needs the Q/DQ model {sibling}, which does not exist; make it with "
+            "`hbl-edge export BUNDLE --int8` where the bundle and torch are, and copy it beside model.onnx"
         )
     if not fp16 or precision == "fp16":
         return onnx_path, precision if not fp16 else "fp16"
@@ -208,7 +275,8 @@ def _choose_onnx(onnx_path: Path, fp16: bool, strongly_typed: bool, kind: str, i
         return sibling, "fp16"
     raise ExportError(
         f"{kind} is strongly typed (no FP16 builder flag): an FP16 engine needs an FP16 ONNX, and "
-        f"{sibling} does not exist; run `hbl-edge export --fp16` first or pass the FP16 ONNX"
+        f"{sibling} does not exist; make it with `hbl-edge export BUNDLE --fp16` where the bundle and torch are "
+        "and copy it beside model.onnx, or build without --fp16"
     )
 
 
@@ -227,12 +295,58 @@ def _device(kind: str, compute_capabilities: Sequence[str] | None) -> tuple[str,
 
 
 def _default_timing_cache(out_dir: Path, kind: str, version: str, device: str) -> Path:
-    import hashlib
-
     tag = hashlib.sha256(f"{kind}|{version}|{device}".encode()).hexdigest()[:10]
     return out_dir / f"timing.{kind}.{version}.{tag}.cache"
 
 
+# ---------------------------------------------------------------------------------------------
+# Where engines go
+# ---------------------------------------------------------------------------------------------
+#: Environment variable naming the engine cache root used when an export folder is read-only.
+CACHE_ENV = "HBL_EDGE_CACHE_DIR"
+
+
+def is_writable(folder: str | os.PathLike[str]) -> bool:
+    """Whether a file can be created in ``folder`` (tried for real: permissions, read-only mounts)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".hbl-write-test.")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+def user_cache_root() -> Path:
+    """``$HBL_EDGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/hbl-edge``, else ``~/.cache/hbl-edge``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hbl-edge"
+
+
+def engine_dir_for(export_dir: str | os.PathLike[str], override: str | os.PathLike[str] | None = None) -> tuple[Path, list[Path]]:
+    """Where engines of an export folder are written, and the read-only places also looked in.
+
+    The export folder itself when it is writable (engines sit beside their ONNX, as DESIGN §8
+    says); else ``<user cache>/engines/<sha256 of model.onnx, 16 hex>/`` — keyed by the model so
+    two read-only folders never share a cache entry — with the export folder still searched
+    first for an engine built earlier (or shipped with it). ``override`` (``--out``) wins.
+    """
+    export_dir = Path(export_dir)
+    if override is not None:
+        out = Path(override)
+        return out, ([export_dir] if out.resolve() != export_dir.resolve() else [])
+    if is_writable(export_dir):
+        return export_dir, []
+    onnx = export_dir / "model.onnx"
+    tag = file_sha256(onnx)[:16] if onnx.is_file() else hashlib.sha256(str(export_dir.resolve()).encode()).hexdigest()[:16]
+    return user_cache_root() / "engines" / tag, [export_dir]
+
+
+# ---------------------------------------------------------------------------------------------
+# The build path
+# ---------------------------------------------------------------------------------------------
 def build_engine(
     onnx_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
@@ -246,6 +360,7 @@ def build_engine(
     compute_capabilities: Sequence[str] | None = None,
     force: bool = False,
     verbose: bool = False,
+    search: Sequence[str | os.PathLike[str]] = (),
 ) -> EngineResult:
     """The engine for ``onnx_path`` from the cache in ``out_dir``, built when missing or mismatched.
 
@@ -266,6 +381,8 @@ def build_engine(
         compute_capabilities: TensorRT-RTX only: target architectures, e.g. ``["SM86", "SM89"]``
             (default: the library's default targets).
         force: rebuild even when the cache holds a matching engine.
+        search: further (possibly read-only) folders looked in, before ``out_dir``, for an
+            engine with exactly these ingredients (see :func:`engine_dir_for`).
 
     Raises:
         ExportError: the library is missing, the ONNX does not parse, or the build fails.
@@ -273,7 +390,10 @@ def build_engine(
     """
     src = Path(onnx_path)
     if not src.is_file():
-        raise ExportError(f"ONNX model {str(src)!r} does not exist; run `hbl-edge export` first")
+        raise ExportError(
+            f"ONNX model {str(src)!r} does not exist; pass an export/ folder holding model.onnx (written by "
+            "`hbl-edge export BUNDLE` where the bundle is)"
+        )
     if workspace_mb < 1:
         raise ConfigError(f"workspace must be at least 1 MB, got {workspace_mb}")
     if compute_capabilities and kind != "tensorrt-rtx":
@@ -292,16 +412,19 @@ def build_engine(
         "precision": precision,
         "profiles": [str(p) for p in profiles],
     }
-    cache = EngineCache(out, stem=f"{src.stem}.{kind}")
+    stem = f"{src.stem}.{kind}"
+    cache = EngineCache(out, stem=stem)
     if not force:
-        hit = cache.lookup(ingredients)
-        if hit is not None:
-            meta = read_sidecar(hit) or {}
-            log.info("using cached engine %s", hit)
-            return EngineResult(
-                path=hit, key=engine_cache_key(ingredients), kind=kind, library_version=trt.__version__, precision=precision,
-                device=device, profiles=ingredients["profiles"], built=False, onnx_path=onnx_file, meta=meta,
-            )
+        for folder in [*map(Path, search), out]:
+            hit = EngineCache(folder, stem=stem).lookup(ingredients)
+            if hit is not None:
+                meta = read_sidecar(hit) or {}
+                log.info("using cached engine %s", hit)
+                return EngineResult(
+                    path=hit, key=engine_cache_key(ingredients), kind=kind, library_version=trt.__version__,
+                    precision=precision, device=device, profiles=ingredients["profiles"], built=False,
+                    onnx_path=onnx_file, meta=meta,
+                )
     tc_path = Path(timing_cache) if timing_cache else _default_timing_cache(out, kind, trt.__version__, device)
     log.info(
         "building %s %s engine from %s (%s, %s, workspace %d MB)%s", kind, trt.__version__, onnx_file.name,
@@ -310,8 +433,9 @@ def build_engine(
     )
     t0 = time.perf_counter()
     engine, build_info = _build(
-        trt, onnx_file, profiles, precision=precision, strongly_typed=strongly_typed, workspace_mb=workspace_mb,
-        timing_cache=tc_path, compute_capabilities=compute_capabilities, verbose=verbose, kind=kind,
+        trt, onnx_file, [_input_profile(p) for p in profiles], precision=precision, strongly_typed=strongly_typed,
+        workspace_mb=workspace_mb, timing_cache=tc_path, compute_capabilities=compute_capabilities, verbose=verbose,
+        kind=kind,
     )
     seconds = time.perf_counter() - t0
     meta = {
@@ -325,7 +449,10 @@ def build_engine(
         **build_info,
         "versions": _versions(trt),
     }
-    path = cache.store(ingredients, engine, meta)
+    try:
+        path = cache.store(ingredients, engine, meta)
+    except OSError as e:
+        raise ExportError(f"cannot write the engine into {out} ({e}); pass a writable folder with --out") from None
     log.info("wrote %s (%.1f MB) in %.1f s", path, len(engine) / 2**20, seconds)
     return EngineResult(
         path=path, key=engine_cache_key(ingredients), kind=kind,
@@ -334,35 +461,89 @@ def build_engine(
     )
 
 
+#: One optimisation profile as the builder takes it: input index → (min, opt, max) shapes.
+InputProfile = Mapping[int, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+
+def _input_profile(p: ShapeProfile) -> InputProfile:
+    return {0: (p.min, p.opt, p.max)}
+
+
+def build_serialized_engine(
+    onnx_path: str | os.PathLike[str],
+    input_shapes: Sequence[Sequence[int]],
+    *,
+    kind: str = "tensorrt",
+    fp16: bool = False,
+    workspace_mb: int = DEFAULT_WORKSPACE_MB,
+    timing_cache: str | os.PathLike[str] | None = None,
+    logger: Any = None,
+    verbose: bool = False,
+) -> bytes:
+    """A serialized engine for an ONNX of fixed input shapes, with no cache: the latency
+    profiler's per-op engines (one input shape per graph input, min = opt = max).
+
+    The same build path as :func:`build_engine` (explicit-batch network on TensorRT 8, CUDA
+    initialisation and parser errors as one line), so a graph that builds here builds there.
+
+    Args:
+        onnx_path: an ONNX with one or more inputs.
+        input_shapes: the exact shape of each graph input, in input order (only inputs with
+            dynamic dimensions get a profile; static ones need none).
+        fp16: FP16 builder flag (weakly typed TensorRT only; strongly typed libraries raise
+            ConfigError: they take their precision from the ONNX).
+        timing_cache: loaded when present, saved after the build (TensorRT only).
+        logger: a ``trt.Logger`` to share with the caller's runtime (default: a new one).
+    """
+    trt = import_engine_library(kind)
+    strongly_typed = is_strongly_typed(trt)
+    if fp16 and strongly_typed:
+        raise ConfigError(f"{kind} {trt.__version__} is strongly typed (no FP16 builder flag): export the graph in FP16 instead")
+    shapes = {i: (tuple(s), tuple(s), tuple(s)) for i, s in enumerate(input_shapes)}
+    tc = Path(timing_cache) if timing_cache else None
+    blob, _ = _build(
+        trt, Path(onnx_path), [shapes], precision="fp16" if fp16 else "fp32", strongly_typed=strongly_typed,
+        workspace_mb=workspace_mb, timing_cache=tc, compute_capabilities=None, verbose=verbose, kind=kind, logger=logger,
+    )
+    return blob
+
+
+def _set_workspace(trt: Any, config: Any, workspace_mb: int) -> None:
+    if hasattr(config, "set_memory_pool_limit") and hasattr(trt, "MemoryPoolType"):
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    else:  # TensorRT < 8.4
+        config.max_workspace_size = workspace_mb << 20
+
+
 def _build(
     trt: Any,
     onnx_file: Path,
-    profiles: list[ShapeProfile],
+    profiles: Sequence[InputProfile],
     *,
     precision: str,
     strongly_typed: bool,
     workspace_mb: int,
-    timing_cache: Path,
+    timing_cache: Path | None,
     compute_capabilities: Sequence[str] | None,
     verbose: bool,
     kind: str,
+    logger: Any = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise ExportError(f"{kind}: could not create a builder (no usable GPU/driver?)")
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
+    """Parse ``onnx_file`` and build it: the one build path (build_engine, build_serialized_engine)."""
+    if logger is None:
+        logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = create_builder(trt, logger, kind)
+    network = create_network(trt, builder)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_file)):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
         raise ExportError(f"{kind} cannot parse {onnx_file.name}: {'; '.join(errors) or 'unknown parser error'}")
-    if network.num_inputs != 1 or network.num_outputs != 1:
-        raise ExportError(f"{onnx_file.name}: expected one input and one output, got {network.num_inputs}/{network.num_outputs}")
-    input_name = network.get_input(0).name
-    output_name = network.get_output(0).name
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    if network.num_outputs < 1:
+        raise ExportError(f"{onnx_file.name}: the graph has no output")
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    _set_workspace(trt, config, workspace_mb)
     if precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8" and not strongly_typed:
@@ -370,9 +551,15 @@ def _build(
         config.set_flag(trt.BuilderFlag.INT8)
     for p in profiles:
         profile = builder.create_optimization_profile()
-        profile.set_shape(input_name, p.min, p.opt, p.max)
-        if config.add_optimization_profile(profile) < 0:
-            raise ExportError(f"{kind} rejected the shape profile {p}")
+        dynamic = 0
+        for i, (lo, opt, hi) in p.items():
+            if i >= len(inputs):
+                raise ExportError(f"{onnx_file.name}: a profile names input {i}, the graph has {len(inputs)}")
+            if any(int(d) < 0 for d in inputs[i].shape):  # static inputs take no profile
+                profile.set_shape(inputs[i].name, lo, opt, hi)
+                dynamic += 1
+        if dynamic and config.add_optimization_profile(profile) < 0:  # an all-static graph needs none
+            raise ExportError(f"{kind} rejected the shape profile {dict(p)}")
     if compute_capabilities:
         config.num_compute_capabilities = len(compute_capabilities)
         for i, cc in enumerate(compute_capabilities):
@@ -382,7 +569,9 @@ def _build(
                 raise ConfigError(f"unknown compute capability {cc!r}; {kind} {trt.__version__} knows {', '.join(known)}")
             config.set_compute_capability(value, i)
 
-    if uses_timing_cache(trt, kind):
+    if timing_cache is None:
+        cache_info = {"path": None, "loaded": False, "bytes": 0, "effective": False, "note": "no timing cache asked for"}
+    elif uses_timing_cache(trt, kind):
         cache_info = _attach_timing_cache(config, timing_cache)
     else:
         log.info("%s %s: timing caches are no-ops (kernels are compiled just in time on the target and kept "
@@ -398,10 +587,11 @@ def _build(
         cache_info["bytes"] = len(blob)
         log.info("timing cache saved to %s (%d bytes)", timing_cache, len(blob))
     info = {
-        "input": input_name,
-        "output": output_name,
+        "input": inputs[0].name if inputs else None,
+        "output": network.get_output(0).name,
         "timing_cache": cache_info,
         "compute_capabilities": [c.upper() for c in compute_capabilities] if compute_capabilities else None,
+        "network_flags": explicit_batch_flags(trt),
     }
     return bytes(serialized), info
 
@@ -437,3 +627,10 @@ def _versions(trt: Any) -> dict[str, str]:
         except Exception:
             out[mod] = "absent"
     return out
+
+
+__all__ = [
+    "BACKEND_ENGINE_KINDS", "CACHE_ENV", "DEFAULT_PROFILE", "ENGINE_KINDS", "EngineResult", "ShapeProfile",
+    "build_engine", "build_serialized_engine", "create_builder", "create_network", "engine_dir_for",
+    "explicit_batch_flags", "fp16_sibling", "int8_sibling", "is_writable", "parse_profile", "user_cache_root",
+]

@@ -41,28 +41,23 @@ import onnx
 import torch
 from torch import nn
 
-from ..network import PAD_MULTIPLE, Network, fold_batchnorm
+from ..network import PAD_MULTIPLE, Network, count_parameters, fold_batchnorm
 from ..runio import atomic_path, versions, write_json
 from . import ExportError
 from .cache import file_sha256
+from .manifest import FORMAT as EXPORT_FORMAT
+from .manifest import FP16_NAME, INPUT_NAME, MIN_INPUT_SIDE, ONNX_NAME, OUTPUT_NAME, input_spec, output_spec
+from .manifest import MANIFEST_NAME as META_NAME
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "hbl-export/1"
 DEFAULT_OPSET = 17  # TensorRT 10.3 (JetPack 6) parses opsets up to 20; 17 is the safe middle
 MIN_OPSET, MAX_OPSET = 13, 20
 EXPORTER = "torch.onnx.export (TorchScript tracer, dynamo=False)"
-INPUT_NAME = "image"
-OUTPUT_NAME = "enhanced"
-ONNX_NAME = "model.onnx"
-FP16_NAME = "model.fp16.onnx"
-META_NAME = "export.json"
 #: Max |ONNX Runtime − PyTorch| accepted for the FP32 graph (outputs in [0, 1]).
 FP32_TOLERANCE = 1e-4
 #: Max |FP16 graph − FP32 graph| accepted (outputs in [0, 1]; ≈ 5 FP16 ulps near 1).
 FP16_TOLERANCE = 2e-2
-#: Smallest accepted input side (padding is decided in the graph, so 1 works).
-MIN_INPUT_SIDE = 1
 
 #: (name, N×3×H×W float32 in [0, 1]) — the images a parity check runs.
 ParityImages = list[tuple[str, np.ndarray]]
@@ -430,7 +425,7 @@ def export_onnx(
                 failures.append(result.fp16_parity)
 
     result.seconds = time.perf_counter() - t0
-    write_json(result.meta_path, _export_meta(result, source))
+    write_json(result.meta_path, _export_meta(result, source, network))
     if failures:
         raise ExportError(
             "parity check failed: " + "; ".join(f.summary() for f in failures)
@@ -439,7 +434,8 @@ def export_onnx(
     return result
 
 
-def _export_meta(result: ExportResult, source: dict[str, Any]) -> dict[str, Any]:
+def _export_meta(result: ExportResult, source: dict[str, Any], network: Network) -> dict[str, Any]:
+    """The ``hbl-export/2`` manifest (see :mod:`hbl_edge.export.manifest`)."""
     artifacts: dict[str, Any] = {
         ONNX_NAME: {"sha256": result.sha256, "bytes": result.onnx_path.stat().st_size, "precision": "fp32"},
     }
@@ -451,15 +447,16 @@ def _export_meta(result: ExportResult, source: dict[str, Any]) -> dict[str, Any]
     return {
         "format": EXPORT_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": source,
+        "task": source.get("task"),
+        "genotype": network.genotype.to_dict(),
+        "genotype_summary": network.genotype.summary(),
+        "parameters": count_parameters(network),
+        "weights_sha256": source.get("weights_sha256"),
+        "input": input_spec(PAD_MULTIPLE),
+        "output": output_spec(),
         "artifacts": artifacts,
         "opset": result.opset,
         "exporter": result.exporter,
-        "input": {
-            "name": INPUT_NAME, "shape": ["batch", 3, "height", "width"], "dtype": "float32",
-            "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0], "min_side": MIN_INPUT_SIDE,
-        },
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", 3, "height", "width"], "dtype": "float32", "range": [0.0, 1.0]},
         "graph": {
             "batchnorm": "folded (running statistics)",
             "padding": f"to a multiple of {PAD_MULTIPLE}, in the graph (reflect; replicate below the reflect limit)",
@@ -467,6 +464,8 @@ def _export_meta(result: ExportResult, source: dict[str, Any]) -> dict[str, Any]
         },
         "parity": result.parity.to_dict() if result.parity else None,
         "fp16_parity": result.fp16_parity.to_dict() if result.fp16_parity else None,
+        "source": source,
+        "engines": [],
         "seconds": round(result.seconds, 3),
         "versions": {**versions(), **_extra_versions()},
     }

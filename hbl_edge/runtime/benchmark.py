@@ -2,8 +2,10 @@
 
 Procedure:
 
-1. Every backend is prepared (ONNX exported or engine built when missing; a backend that is
-   not installed here, or fails to load, becomes a row with the reason, not a crash).
+1. Every backend is prepared through :func:`hbl_edge.runtime.model.load_model` (engines built
+   on the device from the export folder's ONNX, with a profile of exactly the benchmark's shape;
+   a backend that is not installed here, cannot run this model folder — ``torch`` from an
+   export folder alone — or fails to load becomes a row with the reason, not a crash).
 2. Warm-up: ``warmup`` calls each, on the same input. First calls are where lazy work happens
    (onnxruntime's allocator arenas, ``torch.compile``'s compilation, TensorRT-RTX's JIT
    kernels); a backend that fails here (e.g. ``torch.compile`` with no C++ compiler) is
@@ -34,10 +36,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..runio import parse_resolution
 from .machine import cpu_model
-
-from ..errors import BundleError, ConfigError
 from .runners import BackendError, unavailable_reason
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def measure(
 
 
 # ---------------------------------------------------------------------------------------------
-# Preparing backends from a bundle
+# Preparing backends from a model folder
 # ---------------------------------------------------------------------------------------------
 def parse_backends(spec: str | Sequence[str]) -> list[str]:
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
@@ -243,46 +244,43 @@ def _engine_profile(width: int, height: int, batch: int) -> str:
 
 def prepare_runner(
     backend: str,
-    bundle: str | os.PathLike[str],
+    model: str | os.PathLike[str],
     *,
     width: int,
     height: int,
     batch: int = 1,
     threads: int | None = None,
-    export_dir: str | os.PathLike[str] | None = None,
     fp16: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
-    """A runner of ``backend`` for ``bundle`` and what it is; raises :class:`BackendError` when not here.
+    """A :class:`~hbl_edge.runtime.model.LoadedModel` of ``backend`` for ``model`` and what it is.
 
-    ``ort`` exports ``BUNDLE/export/model.onnx`` on the fly when missing; ``trt``/``trt-rtx``
-    build (or take from the cache) an engine whose profile is exactly this resolution and batch.
+    ``model`` is a bundle, its export/ folder or a copy of it; everything goes through
+    :func:`hbl_edge.runtime.model.load_model` (``torch-compile`` is its torch backend with
+    ``compile=True``; ``trt``/``trt-rtx`` build or reuse an engine whose profile is exactly this
+    resolution and batch). Raises :class:`BackendError` when the backend cannot run here.
     """
-    from .runners import create_runner
+    from .model import load_model
 
     registry_name = "torch" if backend == "torch-compile" else backend
     reason = unavailable_reason(registry_name)
     if reason is not None:
         raise BackendError(reason)
-    if backend in ("torch", "torch-compile"):
-        import torch  # only here: the benchmark module itself stays torch-free
-
-        if threads:
-            torch.set_num_threads(threads)
-        runner = create_runner("torch", bundle, compile=backend == "torch-compile")
-        return runner, {"threads": torch.get_num_threads(), "compile": backend == "torch-compile",
-                        "device": str(getattr(runner, "device", "cpu"))}
-    from ..export.onnx_export import ensure_onnx  # exporting needs torch; only when the ONNX is missing
-
-    onnx_path = ensure_onnx(bundle, export_dir)
-    if backend == "ort":
-        runner = create_runner("ort", onnx_path, threads=threads)
-        return runner, {"model": str(onnx_path), "providers": runner.providers, "threads": threads or "default"}
-    from ..export.engines import build_engine
-
-    kind = {"trt": "tensorrt", "trt-rtx": "tensorrt-rtx"}[backend]
-    engine = build_engine(onnx_path, onnx_path.parent, kind=kind, shapes=[_engine_profile(width, height, batch)], fp16=fp16)
-    runner = create_runner(backend, engine.path)
-    return runner, {"engine": str(engine.path), "precision": engine.precision, "built": engine.built}
+    options: dict[str, Any] = {"threads": threads}
+    if registry_name == "torch":
+        options["compile"] = backend == "torch-compile"
+    else:
+        options["fp16"] = fp16
+    if registry_name in ("trt", "trt-rtx"):
+        options["shapes"] = [_engine_profile(width, height, batch)]
+    loaded = load_model(model, registry_name, **options)
+    i = loaded.info
+    if registry_name == "torch":
+        detail = {"threads": i.get("threads"), "compile": backend == "torch-compile", "device": i.get("device", "cpu")}
+    elif registry_name == "ort":
+        detail = {"model": i["model"], "providers": i.get("providers", []), "threads": threads or "default"}
+    else:
+        detail = {"engine": i["engine"], "precision": i["precision"], "built": i["engine_built"]}
+    return loaded, detail
 
 
 def run_benchmark(
@@ -295,16 +293,16 @@ def run_benchmark(
     iters: int = 20,
     threads: int | None = None,
     seed: int = 0,
-    export_dir: str | os.PathLike[str] | None = None,
     fp16: bool = False,
     clock: Clock = time.perf_counter,
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
-    """Benchmark ``backends`` on ``bundle`` at ``resolution`` (W, H) side by side; see the module docstring."""
+    """Benchmark ``backends`` on a model (bundle, export/ folder or a copy) at ``resolution`` (W, H)
+    side by side; see the module docstring."""
+    from .model import resolve_model_path
+
     names = parse_backends(backends)
-    bdir = Path(bundle)
-    if not (bdir / "model.json").is_file() or not (bdir / "model.safetensors").is_file():
-        raise BundleError(f"{bdir}: not a model bundle (needs model.json and model.safetensors); pass a run directory")
+    resolve_model_path(bundle)  # a path with nothing to run fails here, in one line
     width, height = resolution
     if batch < 1 or width < 1 or height < 1:
         raise ConfigError(f"batch and resolution must be positive, got batch {batch}, {width}x{height}")
@@ -321,7 +319,7 @@ def run_benchmark(
         t0 = time.perf_counter()
         try:
             runner, detail = prepare_runner(name, bundle, width=width, height=height, batch=batch, threads=threads,
-                                            export_dir=export_dir, fp16=fp16)
+                                            fp16=fp16)
         except BackendError as e:
             rows[name] = BenchRow(name, "unavailable", reason=str(e))
             continue
@@ -331,7 +329,7 @@ def run_benchmark(
             rows[name] = BenchRow(name, "failed", reason=f"setup: {_first_line(e)}")
             continue
         rows[name] = BenchRow(name, "ok", setup_s=time.perf_counter() - t0, detail=detail)
-        runs[name] = runner.run
+        runs[name] = runner.runner.run  # the raw runner: what is timed is the backend, nothing of ours
         runners.append(runner)
     if progress:
         progress(f"warm-up ×{warmup}, then {iters} interleaved rounds")
@@ -339,9 +337,7 @@ def run_benchmark(
         measure(runs, x, warmup=warmup, iters=iters, clock=clock, rows=rows)
     finally:
         for r in runners:
-            close = getattr(r, "close", None)
-            if close:
-                close()
+            r.close()
     settings = {"bundle": str(bundle), "backends": names, "resolution": [width, height], "batch": batch,
                 "warmup": warmup, "iters": iters, "threads": threads, "fp16": fp16, "input": "uniform random in [0, 0.5]"}
     return BenchReport(rows=[rows[n] for n in names], settings=settings, machine=machine_info())

@@ -131,8 +131,10 @@ def _resolve(factory: str) -> Any:
 def create_runner(backend: str, artifact: str | Path, **options: Any) -> Runner:
     """A runner of ``backend`` for ``artifact`` (ONNX file, bundle directory or engine file).
 
-    Options go to the backend's runner, e.g. ``threads=`` for ``ort``, ``device=`` and
-    ``compile=`` for ``torch``, ``device_id=`` and ``runtime_cache=`` for ``trt``/``trt-rtx``.
+    Options go to the backend's runner, e.g. ``threads=`` for ``ort``, ``device=``, ``compile=``
+    and ``threads=`` for ``torch``, ``device_id=`` and ``runtime_cache=`` for ``trt``/``trt-rtx``.
+    Most callers want :func:`hbl_edge.runtime.model.load_model`, which also finds the artifact
+    (ONNX, engine, bundle) for a model folder.
     """
     spec = get_backend(backend)
     missing = [m for m in spec.modules if not _module_present(m)]
@@ -144,12 +146,19 @@ def create_runner(backend: str, artifact: str | Path, **options: Any) -> Runner:
     return _resolve(spec.factory)(artifact, **options)
 
 
-def _torch_runner(bundle: str | Path, device: str = "cpu", compile: bool = False) -> Runner:
+def _torch_runner(bundle: str | Path, device: str = "cpu", compile: bool = False, threads: int | None = None) -> Runner:
     """The torch backend loads a model bundle (weights unfolded) and folds it in TorchRunner."""
-    from ..bundle import load_bundle  # torch enters here and only here
+    import torch  # torch enters here and only here (with the bundle below)
+
+    from ..bundle import load_bundle
     from .torch_runner import TorchRunner
 
+    if threads is not None:
+        if threads < 1:
+            raise BackendError(f"threads must be ≥ 1, got {threads}")
+        torch.set_num_threads(int(threads))
     runner = TorchRunner(load_bundle(bundle, device=device).model, device=device, compile=compile)
+    runner.threads = torch.get_num_threads()  # type: ignore[attr-defined]
     if not hasattr(runner, "close"):
         runner.close = lambda: None  # type: ignore[attr-defined]
     return runner

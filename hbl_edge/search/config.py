@@ -9,6 +9,8 @@ from ..errors import ConfigError
 from ..ops import get_space
 from ..tasks import get_task
 from .hypergrad import ORDERS
+from .stages import LOWER_STEPS
+from .supernet import HNU_NORMS
 
 STAGES = ("L", "A", "T")
 LATENCY_FORMS = ("additive", "multiplicative", "hinge")
@@ -29,6 +31,7 @@ class SearchConfig:
     space: str = "paper"
     channels: tuple[int, int] = (16, 32)
     units: int = 7
+    hnu_norm: str = "edge"  # one BatchNorm per HNU edge (the reference's) | candidate (DARTS); docs/search.md
     # latency (DESIGN §6)
     device: str = "cpu"
     backend: str = "onnxruntime"  # how the target runs the model; measured tables use it
@@ -38,8 +41,12 @@ class SearchConfig:
     latency_form: str = "multiplicative"
     latency_mu: float = 0.1  # additive: L + μ·LAT/T
     latency_beta: float = 0.2  # multiplicative: L·(LAT/T)^β; hinge: L·max(1, LAT/T)^β
+    # the deployed runner's settings, profiled and measured with (None: onnxruntime's defaults, as OrtRunner)
+    latency_threads: int | None = None
+    latency_spinning: bool | None = None
     # bilevel optimisation (DESIGN §5)
     order: str = "second"
+    lower_step: str = "alternating"  # alternating (DARTS) | simultaneous (reuses the virtual step's gradient)
     objective: str = "critic"  # stage L upper objective: critic | fidelity (docs/benchmarks.md)
     critic: str | None = None  # a user critic (safetensors); None = train one at the start of stage L
     critic_steps: int = 200
@@ -68,6 +75,7 @@ class SearchConfig:
     threads: int | None = None
     vgg_weights: str | None = None
     lpips_weights: str | None = None
+    lpips_net: str | None = None  # alex | vgg; None = read off the weight file
     notes: dict = field(default_factory=dict)
 
     @property
@@ -80,6 +88,12 @@ class SearchConfig:
         bad = [s for s in self.stage_list if s not in STAGES]
         if bad or not self.stage_list:
             raise ConfigError(f"--stages takes a comma list of L, A, T (e.g. L,A or T), got {self.stages!r}")
+        if self.lower_step not in LOWER_STEPS:
+            raise ConfigError(f"--lower-step must be one of {', '.join(LOWER_STEPS)}, got {self.lower_step!r}")
+        if self.hnu_norm not in HNU_NORMS:
+            raise ConfigError(f"--hnu-norm must be one of {', '.join(HNU_NORMS)}, got {self.hnu_norm!r}")
+        if self.lpips_net is not None and self.lpips_net not in ("alex", "vgg"):
+            raise ConfigError(f"--lpips-net must be alex or vgg, got {self.lpips_net!r}")
         if self.order not in ORDERS:
             raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         if self.latency_form not in LATENCY_FORMS:
@@ -93,6 +107,8 @@ class SearchConfig:
         for name in ("steps_l", "steps_a", "steps_t", "ckpt_every", "critic_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
+        if self.latency_threads is not None and self.latency_threads < 1:
+            raise ConfigError(f"latency_threads must be ≥ 1 (or None for the runtime's default), got {self.latency_threads}")
         if len(self.resolution) != 2 or min(self.resolution) < 4:
             raise ConfigError(f"--resolution must be WxH with sides ≥ 4, got {self.resolution}")
 

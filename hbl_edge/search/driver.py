@@ -30,13 +30,15 @@ from typing import Any, Callable
 import torch
 
 from ..data import TrainSampler, has_test_split, open_dataset
+from ..distributed import DistContext, init_from_env, resumable_record
 from ..errors import ConfigError
 from ..genotype import load_genotype
 from ..losses import LossSpec, build_loss, parse_loss_spec
+from ..distributed import record_processes
 from ..runio import append_jsonl, atomic_path, check_same_config, read_jsonl, seed_everything, versions, write_json
 from ..train import TrainConfig, TrainSession, _StopFlag
 from .config import SearchConfig
-from .stages import BilevelState, bilevel_step, make_optimizers, normalise_weights_
+from .stages import BilevelState, bilevel_step, make_optimizers, normalise_weights_, place, place_batch
 from .supernet import Supernet, derive
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def _check_run_dir(cfg: SearchConfig, out: Path, resume: bool) -> None:
     if resume:
         if not saved.exists():
             raise ConfigError(f"--resume: {out} holds no search run (no config.json); start without --resume")
-        check_same_config(saved, asdict(cfg))
+        check_same_config(saved, {**asdict(cfg), **resumable_record(saved)})  # the process count may change
         return
     done = [s for s in cfg.stage_list if (out / OUTPUTS[s]).exists()]
     if done:
@@ -76,11 +78,19 @@ def _check_run_dir(cfg: SearchConfig, out: Path, resume: bool) -> None:
         raise ConfigError(f"{out} holds an unfinished search; pass --resume to continue it or choose another --out")
 
 
-def run_search(cfg: SearchConfig, *, resume: bool = False, progress: Progress | None = None) -> SearchResult:
-    """Run the stages of ``cfg`` (L → A → T by default) into ``cfg.out``."""
+def run_search(cfg: SearchConfig, *, resume: bool = False, progress: Progress | None = None,
+               dist: DistContext | None = None) -> SearchResult:
+    """Run the stages of ``cfg`` (L → A → T by default) into ``cfg.out``.
+
+    ``dist``: the data-parallel context (:mod:`hbl_edge.distributed`); None reads torchrun's
+    environment (a plain call without it is one process, as always). Rank 0 alone reads and
+    writes ``cfg.out`` and calls ``progress``.
+    """
     cfg.validate()
+    owns_group = dist is None
+    dist = dist or init_from_env()
     out = Path(cfg.out)
-    _check_run_dir(cfg, out, resume)
+    dist.on_main(lambda: _check_run_dir(cfg, out, resume))
     if "L" in cfg.stage_list and cfg.order == "first":
         raise ConfigError(
             "stage L cannot learn with --order first: its upper objective does not depend on λ directly, "
@@ -93,68 +103,92 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, progress: Progress | 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_json(out / "config.json", {**asdict(cfg), "versions": versions()})
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        record_processes(out / "config.json", {**asdict(cfg), "versions": versions()}, dist, resume)
     result = SearchResult(out=out)
     stages = {"L": _stage_l, "A": _stage_a, "T": _stage_t}
     try:
         with _StopFlag() as flag:
             for name in cfg.stage_list:
-                if (out / OUTPUTS[name]).exists():
+                if dist.on_main(lambda: (out / OUTPUTS[name]).exists()):
                     log.info("stage %s already done (%s); skipping", name, OUTPUTS[name])
                     continue
-                result.report[name] = stages[name](cfg, out, progress, flag)
+                result.report[name] = stages[name](cfg, out, progress if dist.is_main else None, flag, dist)
                 result.completed.append(name)
-                (out / STATE).unlink(missing_ok=True)  # the stage's output file now stands for it
+                if dist.is_main:
+                    (out / STATE).unlink(missing_ok=True)  # the stage's output file now stands for it
     except Interrupted:
         result.interrupted = True
         log.warning("search stopped; continue with the same command plus --resume")
+    if owns_group:  # every rank is done: leave the process group together
+        dist.barrier()
+        dist.shutdown()
     return result
 
 
 # ------------------------------------------------------------------------------------------
 # shared pieces
 # ------------------------------------------------------------------------------------------
-def _samplers(cfg: SearchConfig, seed_offset: int) -> tuple[TrainSampler, TrainSampler]:
-    """Lower level on the train split, upper level on the val split (DESIGN §5)."""
+def _samplers(cfg: SearchConfig, seed_offset: int, dist: DistContext) -> tuple[TrainSampler, TrainSampler]:
+    """Lower level on the train split, upper level on the val split (DESIGN §5); each rank
+    its slice of the global batch."""
     train_src = open_dataset(cfg.data, cfg.task, "train", seed=cfg.seed)
     val_src = open_dataset(cfg.data, cfg.task, "val", seed=cfg.seed)
     seed = cfg.seed + seed_offset
-    lower = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=seed)
-    upper = TrainSampler(val_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=seed + 7919)
+    share = dict(rank=dist.rank, world_size=dist.world_size)
+    lower = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=seed, **share)
+    upper = TrainSampler(val_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=seed + 7919, **share)
     return lower, upper
+
 
 
 def _run_bilevel(
     stage: str, cfg: SearchConfig, out: Path, state: BilevelState, steps: int, step_fn: Callable[[int], dict[str, Any]],
     progress: Progress | None, flag, extra_state: Callable[[], dict[str, Any]] | None = None,
+    dist: DistContext | None = None,
 ) -> None:
-    """The loop both stages share: step, log, checkpoint (every N steps and on a signal)."""
+    """The loop both stages share: step, log, checkpoint (every N steps and on a signal).
+
+    Data parallel: rank 0 reads the checkpoint and every rank starts from it; rank 0 alone
+    logs and checkpoints; a signal on any rank stops every rank after the same step.
+    """
+    dist = dist or init_from_env()
     ckpt = out / STATE
-    if ckpt.exists():
+
+    def load() -> dict[str, Any] | None:
+        if not ckpt.exists():
+            return None
         saved = torch.load(ckpt, weights_only=True)
-        if saved.get("stage") == stage:
-            state.load_state_dict(saved["bilevel"])
-            torch.set_rng_state(saved["torch_rng"])
-            log.info("stage %s: resuming at step %d", stage, state.step)
-            kept = [r for r in read_jsonl(out / LOG) if r.get("stage") != stage or r["step"] <= state.step]
-            with atomic_path(out / LOG) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if saved.get("stage") != stage:
+            return None
+        kept = [r for r in read_jsonl(out / LOG) if r.get("stage") != stage or r["step"] <= saved["bilevel"]["step"]]
+        with atomic_path(out / LOG) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return saved
+
+    saved = dist.on_main(load)
+    if saved is not None:
+        state.load_state_dict(saved["bilevel"])
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        log.info("stage %s: resuming at step %d", stage, state.step)
+    dist.broadcast_module_(state.supernet)  # every rank starts from rank 0's weights
     while state.step < steps:
         t0 = time.perf_counter()
         rec = step_fn(state.step)
         rec = {"stage": stage, **rec, "seconds": time.perf_counter() - t0}
-        append_jsonl(out / LOG, rec)
-        if progress:
-            progress(stage, state.step, steps, rec)
-        if state.step % cfg.ckpt_every == 0 or state.step == steps or flag.stop:
+        if dist.is_main:
+            append_jsonl(out / LOG, rec)
+            if progress:
+                progress(stage, state.step, steps, rec)
+        stop = dist.any(flag.stop)  # a signal on any rank stops every rank after this step
+        if dist.is_main and (state.step % cfg.ckpt_every == 0 or state.step == steps or stop):
             payload = {"stage": stage, "bilevel": state.state_dict(), "torch_rng": torch.get_rng_state()}
             if extra_state:
                 payload.update(extra_state())
             with atomic_path(ckpt) as tmp:
                 torch.save(payload, tmp)
-        if flag.stop:
+        if stop:
             raise Interrupted
 
 
@@ -165,13 +199,18 @@ def _stage_records(out: Path, stage: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------
 # stage L: loss search
 # ------------------------------------------------------------------------------------------
-def _upper_objective_l(cfg: SearchConfig, out: Path):
+def _upper_objective_l(cfg: SearchConfig, out: Path, dist: DistContext):
     from .objectives import OBJECTIVES
 
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {cfg.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if cfg.objective != "critic":
         return OBJECTIVES[cfg.objective](), {}
+    critic, info = dist.on_main(lambda: _critic(cfg, out))  # trained (or read) once, on rank 0
+    return OBJECTIVES["critic"](critic), info
+
+
+def _critic(cfg: SearchConfig, out: Path):
     from .critic import load_critic, read_critic_meta, save_critic, train_critic
 
     path = out / "search" / "critic.safetensors"
@@ -185,10 +224,10 @@ def _upper_objective_l(cfg: SearchConfig, out: Path):
         critic, report = train_critic(cfg.task, cfg.data, steps=cfg.critic_steps, seed=cfg.seed)
         save_critic(critic, path, {"task": cfg.task, "report": report})
         info = {"critic": str(path), "trained": True, "report": report}
-    return OBJECTIVES["critic"](critic), info
+    return critic, info
 
 
-def _stage_l(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> dict[str, Any]:
+def _stage_l(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist: DistContext) -> dict[str, Any]:
     terms = list(cfg.terms) + [t for t, w in (("vgg", cfg.vgg_weights), ("lpips", cfg.lpips_weights)) if w and t not in cfg.terms]
     criterion = build_loss(
         LossSpec({t: 1.0 for t in terms}), vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
@@ -198,32 +237,36 @@ def _stage_l(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> d
     upper_vars: list[torch.Tensor] = [criterion.weights]
     if criterion.vgg_tap_logits is not None:
         upper_vars.append(criterion.vgg_tap_logits)
-    objective, critic_info = _upper_objective_l(cfg, out)
+    objective, critic_info = _upper_objective_l(cfg, out, dist)
     # α frozen at its near-uniform initialisation (DESIGN §5: λ* = argmin over w*(α₀, λ))
-    net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed, freeze_alpha=True)
-    net.train()
+    net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed, freeze_alpha=True, hnu_norm=cfg.hnu_norm)
+    net = place(net, dist).train()
+    criterion.to(dist.device)
+    objective.to(dist.device)
     w_opt, u_opt = make_optimizers(cfg, net, upper_vars)
     state = BilevelState(net, upper_vars, w_opt, u_opt)
-    lower, upper = _samplers(cfg, seed_offset=0)
+    lower, upper = _samplers(cfg, seed_offset=0, dist=dist)
 
     def step_fn(step: int) -> dict[str, Any]:
         rec = bilevel_step(
-            state, order=cfg.order, lower_batch=lower.batch(step), upper_batch=upper.batch(step),
+            state, order=cfg.order, lower_batch=place_batch(lower.batch(step), dist),
+            upper_batch=place_batch(upper.batch(step), dist),
             lower_loss=criterion, upper_objective=objective, clip=cfg.w_clip,
-            after_upper=lambda: normalise_weights_(criterion.weights),
+            after_upper=lambda: normalise_weights_(criterion.weights), dist=dist, lower_step=cfg.lower_step,
         )
         rec["lambda"] = dict(zip(criterion.names, criterion.weights.detach().tolist()))
         return rec
 
-    _run_bilevel("L", cfg, out, state, cfg.steps_l, step_fn, progress, flag)
+    _run_bilevel("L", cfg, out, state, cfg.steps_l, step_fn, progress, flag, dist=dist)
     spec = criterion.to_spec(
         objective=cfg.objective,
         provenance={"stage": "L", "steps": cfg.steps_l, "order": cfg.order, "seed": cfg.seed, **critic_info},
     )
-    spec.save(out / "loss.json")
-    from .plots import plot_lambda
+    if dist.is_main:
+        spec.save(out / "loss.json")
+        from .plots import plot_lambda
 
-    plot_lambda(_stage_records(out, "L"), out / "plots" / "lambda.png")
+        plot_lambda(_stage_records(out, "L"), out / "plots" / "lambda.png")
     return {"loss": spec.to_dict()}
 
 
@@ -245,13 +288,12 @@ def _latency_model(cfg: SearchConfig, out: Path):
         from .profiler import profile
 
         log.info("stage A: profiling op latencies on this machine (%s, %s, %dx%d)", cfg.device, cfg.backend, *cfg.resolution)
-        # Medians of ≥ 10 runs: fewer let one busy moment of a shared CPU decide an op's cost.
-        # Per-op sums miss what a whole graph shares (call overhead, threading, caches); a linear
-        # calibration on a few random whole networks (never the derived one) corrects that
-        # (docs/latency.md: share within ±10 % from 0-13 % to 90-100 %).
+        # Ops in context, consecutive runs, with the deployed runner's threads and spinning; then
+        # the whole-network model fitted on calibration networks spanning the space (never the
+        # derived one). docs/latency.md has the accuracy this reaches against an independent timing.
         table = profile(cfg.device, cfg.backend, cfg.resolution, cfg.space, cfg.channels, out=cached,
-                        units=cfg.units, repeats=10 if cfg.quick else 20, threads=cfg.threads,
-                        calibrate=5 if cfg.quick else 15)
+                        units=cfg.units, repeats=10 if cfg.quick else 15, threads=cfg.latency_threads,
+                        allow_spinning=cfg.latency_spinning, calibrate=8 if cfg.quick else 15)
         model = LatencyModel(table)
     else:
         model = load_latency_model(cfg.device, cfg.resolution, cfg.space, cfg.channels)
@@ -279,21 +321,26 @@ def _fastest_possible_ms(model, cfg: SearchConfig) -> float:
         return float(model.expected(alpha))
 
 
-def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> dict[str, Any]:
+def _read_loss_spec(out: Path):
+    if not (out / "loss.json").exists():
+        raise ConfigError(f"stage A needs {out / 'loss.json'}: run stage L first, or write one (e.g. {{\"format\": \"hbl-loss/1\", \"terms\": {{\"l1\": 1}}}})")
+    return parse_loss_spec(out / "loss.json")
+
+
+def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist: DistContext) -> dict[str, Any]:
     from .latency import OBJECTIVES as LATENCY_OBJECTIVES
     from .latency import additive
 
-    if not (out / "loss.json").exists():
-        raise ConfigError(f"stage A needs {out / 'loss.json'}: run stage L first, or write one (e.g. {{\"format\": \"hbl-loss/1\", \"terms\": {{\"l1\": 1}}}})")
-    spec = parse_loss_spec(out / "loss.json")
-    criterion = build_loss(spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights)
-    lat_model = _latency_model(cfg, out)
-    net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed + 1)
-    net.train()
+    spec = dist.on_main(lambda: _read_loss_spec(out))
+    criterion = build_loss(spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
+                           lpips_net=cfg.lpips_net).to(dist.device)
+    lat_model = dist.on_main(lambda: _latency_model(cfg, out))  # profiled once, on rank 0
+    net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed + 1, hnu_norm=cfg.hnu_norm)
+    net = place(net, dist).train()
     upper_vars = list(net.arch_parameters())
     w_opt, u_opt = make_optimizers(cfg, net, upper_vars)
     state = BilevelState(net, upper_vars, w_opt, u_opt)
-    lower, upper = _samplers(cfg, seed_offset=1)
+    lower, upper = _samplers(cfg, seed_offset=1, dist=dist)
     budget = cfg.latency_budget
 
     def objective(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -307,8 +354,9 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> d
 
     def step_fn(step: int) -> dict[str, Any]:
         rec = bilevel_step(
-            state, order=cfg.order, lower_batch=lower.batch(step), upper_batch=upper.batch(step),
-            lower_loss=criterion, upper_objective=objective, clip=cfg.w_clip,
+            state, order=cfg.order, lower_batch=place_batch(lower.batch(step), dist),
+            upper_batch=place_batch(upper.batch(step), dist),
+            lower_loss=criterion, upper_objective=objective, clip=cfg.w_clip, dist=dist, lower_step=cfg.lower_step,
         )
         genotype, report = derive(net, cfg.max_parameter_free_per_unit)
         rec["genotype"] = genotype.summary()
@@ -319,8 +367,11 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> d
                 rec["derived_latency_ms"] = float(lat_model.predict(genotype))
         return rec
 
-    _run_bilevel("A", cfg, out, state, cfg.steps_a, step_fn, progress, flag)
+    _run_bilevel("A", cfg, out, state, cfg.steps_a, step_fn, progress, flag, dist=dist)
     genotype, report = derive(net, cfg.max_parameter_free_per_unit)
+    if not dist.is_main:  # rank 0 measures, reports and writes; the others get its result
+        return dist.on_main(lambda: None)
+    net = net.cpu()  # plots and the saved α read it on the CPU
     if report.capped:
         log.warning("stage A: skip-connection collapse guard replaced %d edge(s): %s", len(report.replaced), report.summary())
     genotype.save(out / "genotype.json")
@@ -338,7 +389,7 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> d
     plot_alpha(net, out / "plots" / "alpha.png")
     plot_latency_vs_loss(_stage_records(out, "A"), out / "plots" / "latency_vs_loss.png", budget)
     torch.save({"alpha": [a.detach() for a in net.arch_parameters()]}, out / "search" / "alpha.pt")
-    return result
+    return dist.on_main(lambda: result)
 
 
 def _latency_report(cfg: SearchConfig, lat_model, genotype) -> dict[str, Any]:
@@ -346,10 +397,17 @@ def _latency_report(cfg: SearchConfig, lat_model, genotype) -> dict[str, Any]:
     rep: dict[str, Any] = {"predicted_ms": predicted, "budget_ms": cfg.latency_budget, "model": lat_model.label,
                            "estimate": bool(lat_model.estimate), "resolution": list(cfg.resolution)}
     if cfg.device in ("cpu", "cuda") and not cfg.latency_table:
-        from .latency import measure_network
+        from .deployed import measure_network
 
-        measured = measure_network(genotype, cfg.backend, cfg.resolution, device=cfg.device)
-        rep.update(measured_ms=measured, error_pct=100.0 * (predicted - measured) / measured)
+        # As deployed, and not with the profiler's harness: a fresh runner per round, consecutive
+        # runs after a warm-up, with the threads and spinning the table was made for.
+        settings = lat_model.table.settings or {}
+        threads, spinning = settings.get("threads"), settings.get("allow_spinning")
+        measured = measure_network(genotype, cfg.backend, cfg.resolution, device=cfg.device, repeats=15, warmup=3,
+                                   rounds=2, threads=threads, allow_spinning=spinning)
+        rep.update(measured_ms=measured, error_pct=100.0 * (predicted - measured) / measured,
+                   measured_by="hbl_edge.search.deployed (deployed runner, 3 warm-up + 15 consecutive runs, 2 rounds)",
+                   threads=threads, allow_spinning=spinning)
         log.info("derived network: predicted %.1f ms, measured %.1f ms (%s)", predicted, measured, cfg.backend)
     else:
         rep["measured_ms"] = None
@@ -360,32 +418,39 @@ def _latency_report(cfg: SearchConfig, lat_model, genotype) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 # stage T: train the derived network from scratch, then test
 # ------------------------------------------------------------------------------------------
-def _stage_t(cfg: SearchConfig, out: Path, progress: Progress | None, flag) -> dict[str, Any]:
-    from ..evaluate import evaluate, model_method
-
+def _stage_t_inputs(out: Path) -> bool:
     for f in ("genotype.json", "loss.json"):
         if not (out / f).exists():
             raise ConfigError(f"stage T needs {out / f}: run stages L and A first, or put the file there")
     load_genotype(out / "genotype.json")  # validate before spending time
+    return (out / "model" / "train" / "state.pt").exists()
+
+
+def _stage_t(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist: DistContext) -> dict[str, Any]:
+    from ..evaluate import evaluate, model_method
+
+    resume_t = dist.on_main(lambda: _stage_t_inputs(out))
     run = out / "model"
     tcfg = TrainConfig(
         task=cfg.task, genotype=str(out / "genotype.json"), loss=str(out / "loss.json"), data=cfg.data, out=str(run),
         steps=cfg.steps_t, batch_size=cfg.train_batch_size, crop=cfg.train_crop, lr=cfg.train_lr, seed=cfg.seed,
         val_every=max(cfg.steps_t // 10, 1), ckpt_every=max(cfg.steps_t // 10, 1), deterministic=cfg.deterministic,
-        vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
+        vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net,
     )
-    session = TrainSession(tcfg, resume=(run / "train" / "state.pt").exists(), provenance={"search_run": str(out)})
+    session = TrainSession(tcfg, resume=resume_t, provenance={"search_run": str(out)}, dist=dist)
     res = session.run(lambda step, rec: progress("T", step, cfg.steps_t, rec) if progress else None)
     if res.interrupted:
         raise Interrupted
+    if not dist.is_main:
+        return dist.on_main(lambda: None)
     test_data = cfg.test_data or (cfg.data if has_test_split(cfg.data) else None)
     if test_data is None:
         log.warning("stage T: %s has no held-out test split (test/ or paired/); no eval.json written. "
                     "Pass --test-data PATH to test the model", cfg.data)
-        return {"val": res.metrics, "test": None}
+        return dist.on_main(lambda: {"val": res.metrics, "test": None})
     report = evaluate(model_method(run), test_data, cfg.task)
     write_json(out / "eval.json", report)
-    return {"val": res.metrics, "test": report["mean"], "test_data": test_data}
+    return dist.on_main(lambda: {"val": res.metrics, "test": report["mean"], "test_data": test_data})
 
 
 def search_summary(out: Path) -> dict[str, Any]:

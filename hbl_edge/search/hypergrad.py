@@ -71,6 +71,12 @@ BatchNorm running statistics: pass those buffers as ``restore`` to leave no trac
 Applying the result is left to the caller (:func:`apply_hypergradient` is the two-line
 helper), because the stages post-process it (λ is projected onto λ ≥ 0 after the step).
 
+**Data parallelism.** ``reduce`` (e.g. the average over torchrun ranks) is applied to every
+gradient the engine computes before it is used, so N processes on N batch slices compute the
+hypergradient of the whole batch (:mod:`hbl_edge.distributed`). **Memory.** The second order
+writes w' and w ± εv into the parameters in place and restores them from one snapshot, so it
+holds the weights twice (plus v), never a copy per evaluation point.
+
 Example::
 
     >>> import torch
@@ -110,6 +116,8 @@ __all__ = [
 ]
 
 Order = Literal["first", "second", "exact"]
+#: A gradient reducer (e.g. the average over data-parallel ranks): same length, None kept.
+Reduce = Callable[[list[Optional[Tensor]]], list[Optional[Tensor]]]
 ORDERS: tuple[str, ...] = ("first", "second", "exact")
 
 #: DARTS' finite-difference radius: ε = FD_RADIUS / ‖v‖.
@@ -190,6 +198,9 @@ class HyperGradResult:
 
     grads: list[Tensor]
     info: HyperGradInfo
+    #: ∇_w L_tr(w, u) at the current w (reduced), when asked for with ``keep_lower_grad``:
+    #: the gradient the virtual step used, for a lower step that reuses it.
+    lower_grad: Optional[list[Optional[Tensor]]] = None
 
     @property
     def stalled(self) -> bool:
@@ -270,6 +281,10 @@ def _grads(loss: Tensor, inputs: Sequence[Tensor], **kwargs: object) -> list[Opt
     return list(torch.autograd.grad(loss, list(inputs), allow_unused=True, **kwargs))
 
 
+def _identity(tensors: list[Optional[Tensor]]) -> list[Optional[Tensor]]:
+    return tensors
+
+
 def _zeros_for_none(grads: Sequence[Optional[Tensor]], like: Sequence[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
 
@@ -313,6 +328,8 @@ def hypergradient(
     *,
     restore: Sequence[Tensor] = (),
     fd_radius: float = FD_RADIUS,
+    reduce: Optional[Reduce] = None,
+    keep_lower_grad: bool = False,
 ) -> HyperGradResult:
     r"""Hypergradient of ``upper_loss`` w.r.t. ``upper_vars`` through one lower step.
 
@@ -330,6 +347,19 @@ def hypergradient(
         restore: extra tensors to snapshot and restore, e.g. BatchNorm running statistics
             (``list(model.buffers())``) that the extra forward passes would otherwise update.
         fd_radius: r in ε = r / ‖v‖ (DARTS: 0.01).
+        reduce: data parallelism. Called on every list of gradients the engine computes (and
+            on the loss values it reports), right after it is computed and before it is used:
+            ∇_w L_tr for the virtual step, [∇_u L_up, v] at w', the Hessian-vector product
+            (the finite difference is linear in the two gradients, so it is reduced once) and
+            the first-order direct gradient. With ``DistContext.mean`` (the average over
+            ranks), N processes with batch B compute the hypergradient of one process with
+            batch N·B; ``None`` entries must be kept. None: one process, nothing reduced.
+        keep_lower_grad: return ∇_w L_tr(w, u) (:attr:`HyperGradResult.lower_grad`, second
+            and exact orders) and treat the first ``train_loss()`` pass as the lower step's
+            own forward pass: ``restore`` is then reset to its state *after* that pass, so
+            BatchNorm statistics move once, as one training forward moves them. A lower step
+            can then apply that gradient instead of computing ∇_w L_tr(w, u_new) again
+            (the "simultaneous" update of both levels, one pass fewer per step).
 
     Returns:
         :class:`HyperGradResult`: ``grads`` (one tensor per upper variable, zeros for a
@@ -345,32 +375,43 @@ def hypergradient(
     if not fd_radius > 0:
         raise ValueError(f"fd_radius must be > 0, got {fd_radius}")
     upper_vars, lower_params = list(upper_vars), list(lower_params)
+    red = reduce or _identity
     if order == "first":
         with torch.enable_grad(), _preserved(list(restore)):
             l_up = _scalar(upper_loss(), "upper_loss")
-            raw = _grads(l_up, upper_vars)
+            *raw, l_up = red([*_grads(l_up, upper_vars), l_up.detach()])
         direct = _zeros_for_none(raw, upper_vars)
         return HyperGradResult(direct, _info(order, raw, direct, l_up, None, [], None, None))
 
     n_u = len(upper_vars)
     bufs = list(momentum_buffers) if momentum_buffers is not None else [None] * len(lower_params)
-    with torch.enable_grad(), _preserved(lower_params) as w0, _preserved(list(restore)):
+    kept: Optional[list[Optional[Tensor]]] = None
+    with torch.enable_grad(), _preserved(lower_params) as w0, _preserved(list(restore)) as buffers0:
         # Virtual step w' = w - η(momentum·b + ∇_w L_tr + wd·w), at the current w.
         l_tr = _scalar(train_loss(), "train_loss")
-        g_tr = _grads(l_tr, lower_params)
-        w1 = virtual_step(w0, g_tr, step, bufs)
+        if keep_lower_grad:  # this pass is the lower step's forward: keep what it did to the buffers
+            buffers0[:] = [t.detach().clone() for t in restore]
+        *g_tr, l_tr = red([*_grads(l_tr, lower_params), l_tr.detach()])
+        if keep_lower_grad:
+            kept = list(g_tr)
         # c scales v where the step's coefficient of ∇_w L_tr is not 1 (dampening, Nesterov).
         coef = [_grad_coefficient(step, g is not None, b) for g, b in zip(g_tr, bufs)]
+        if order == "second":
+            # w' straight into the parameters (the snapshot w0 restores them): no second copy
+            _virtual_step_(lower_params, g_tr, step, bufs)
+        else:
+            _assign(lower_params, virtual_step(w0, g_tr, step, bufs))
+        del g_tr
 
         # Direct part ∇_u L_up(w', u) and v = ∇_{w'} L_up(w', u), at w'.
-        _assign(lower_params, w1)
         l_up = _scalar(upper_loss(), "upper_loss")
-        raw_all = _grads(l_up, upper_vars + lower_params)
+        *raw_all, l_up = red([*_grads(l_up, upper_vars + lower_params), l_up.detach()])
         raw, direct = raw_all[:n_u], _zeros_for_none(raw_all[:n_u], upper_vars)
         v = _zeros_for_none(raw_all[n_u:], lower_params)
+        del raw_all
         _assign(lower_params, w0)
 
-        cv = [c * t for c, t in zip(coef, v)]
+        cv = [t if c == 1.0 else c * t for c, t in zip(coef, v)]
         v_norm = _norm(cv)
         eps: Optional[float] = None
         if v_norm == 0.0 or step.lr == 0.0:
@@ -378,20 +419,47 @@ def hypergradient(
             implicit = [torch.zeros_like(u) for u in upper_vars]
         elif order == "second":
             eps = fd_radius / v_norm
+            del v
             implicit = _implicit_fd(upper_vars, lower_params, train_loss, step, w0, cv, eps)
         else:
             implicit = _implicit_exact(upper_vars, lower_params, train_loss, step, w0, v, bufs)
+        if reduce is not None and not (v_norm == 0.0 or step.lr == 0.0):
+            implicit = _zeros_for_none(reduce(list(implicit)), upper_vars)
     grads = [d + i for d, i in zip(direct, implicit)]
-    return HyperGradResult(grads, _info(order, raw, direct, l_up, l_tr, implicit, v_norm, eps))
+    return HyperGradResult(grads, _info(order, raw, direct, l_up, l_tr, implicit, v_norm, eps), kept)
+
+
+@torch.no_grad()
+def _virtual_step_(params: Sequence[Tensor], grads: Sequence[Optional[Tensor]], step: LowerStep,
+                   buffers: Sequence[Optional[Tensor]]) -> None:
+    """:func:`virtual_step` written into ``params`` in place: the same operations in the same
+    order (so the same values bit for bit), with per-parameter temporaries only."""
+    for p, g, buf in zip(params, grads, buffers):
+        if g is None:
+            continue
+        d = torch.add(g, p, alpha=step.weight_decay) if step.weight_decay != 0 else g
+        if step.momentum != 0:
+            if buf is None:
+                b = d
+            else:
+                b = torch.add(buf * step.momentum, d, alpha=1 - step.dampening)
+            d = torch.add(d, b, alpha=step.momentum) if step.nesterov else b
+        p.add_(d, alpha=-step.lr)
 
 
 def _implicit_fd(upper_vars: list[Tensor], lower_params: list[Tensor],
                  train_loss: Callable[[], Tensor], step: LowerStep, w0: list[Tensor],
                  cv: list[Tensor], eps: float) -> list[Tensor]:
-    """-η ∇²_{u,w} L_tr(w, u)·(c⊙v) by central differences at w ± ε(c⊙v) (DARTS eq. 8)."""
+    """-η ∇²_{u,w} L_tr(w, u)·(c⊙v) by central differences at w ± ε(c⊙v) (DARTS eq. 8).
+
+    w ± ε(c⊙v) is written into the parameters in place (``w0 + s·ε·d``, the same rounding
+    as ``torch.add(w0, d, alpha=s·ε)``), so the perturbed weights cost no extra copy.
+    """
     grads_pm = []
     for sign in (1.0, -1.0):
-        _assign(lower_params, [torch.add(w, d, alpha=sign * eps) for w, d in zip(w0, cv)])
+        with torch.no_grad():
+            for p, w, d in zip(lower_params, w0, cv):
+                p.copy_(w).add_(d, alpha=sign * eps)
         l_tr = _scalar(train_loss(), "train_loss")
         g = _grads(l_tr, upper_vars)
         grads_pm.append(_zeros_for_none(g, upper_vars))

@@ -1,29 +1,35 @@
 """The latency-aware term of the architecture search (DESIGN §6).
 
 A latency table (format ``hbl-latency/1``, written by :func:`hbl_edge.search.profiler.profile`
-or :func:`~hbl_edge.search.profiler.estimate_table`) holds the time of every op of a space at
-every distinct position of the network (c_in, c_out, feature size) plus the network's fixed
-parts. :class:`LatencyModel` turns it into
+or :func:`~hbl_edge.search.roofline.estimate_table`) holds the time of every op of a space at
+every distinct position of the network (c_in, c_out, feature size), measured in context (see
+:mod:`hbl_edge.search.op_graphs`), plus the network's fixed parts. :class:`LatencyModel` turns
+it into the whole-network model
 
-    LAT(α) = s · [ Σ_edges Σ_o softmax(α_e)_o · t(o, edge) + fixed(units) ] + b
+    LAT(α) = Σ_levels s_l · Σ_{edges e at level l} Σ_o softmax(α_e)_o · t(o, e) + s_fixed · fixed + b
 
-which is differentiable in α (the supernet's ``alpha_encoder [9, n_fcm]``, ``alpha_decoder
-[9, n_fcm]``, ``alpha_hnu [units, 8, n_hnu]``, op order = the space's ``fcm`` / ``hnu`` tuples).
-``s, b`` is an optional linear calibration fitted on end-to-end measurements of random genotypes
-(``profile(..., calibrate=N)``); without one s = 1, b = 0. With one-hot α the same sum is
-:meth:`LatencyModel.predict` of the genotype.
+with levels ``full`` (encoder/decoder edges at H×W, head and tail included), ``half`` (at
+H/2×W/2) and ``hnu`` (the HNU edges at H/4×W/4). ``s_l, s_fixed, b`` come from the table's
+calibration, fitted on whole networks measured as deployed
+(:mod:`hbl_edge.search.calibration`): ``b`` is the per-network cost the parts do not show
+(the call into the runtime, thread start-up, what the graph shares), ``s_l`` what the
+network does differently from the parts at each feature size (fusion across op borders,
+cache reuse between ops). Without a calibration every s = 1 and b = 0. LAT is linear in
+softmax(α), so it is differentiable in α, and with one-hot α it is exactly
+:meth:`LatencyModel.predict` of the genotype: the search term and the calibrated prediction are
+the same function.
 
 Positions (DESIGN §2), with H, W the input padded to a multiple of 4:
 
-=========================  ==========  ===========  ==================  ==========
-edges                      c_in→c_out  size         ops                 variant
-=========================  ==========  ===========  ==================  ==========
-encoder[0] (head)          3→C1        H×W          fcm                 plain
-encoder[1..4], decoder[4..7] C1→C1     H×W          fcm                 plain
-encoder[5..8], decoder[0..3] C2→C2     H/2×W/2      fcm                 plain
-decoder[8] (tail)          C1→3        H×W          fcm                 plain
-hnu[u][0..7]               C2→C2       H/4×W/4      hnu                 bn_folded
-=========================  ==========  ===========  ==================  ==========
+=========================  ==========  ===========  ==================  ==========  =====
+edges                      c_in→c_out  size         ops                 variant     level
+=========================  ==========  ===========  ==================  ==========  =====
+encoder[0] (head)          3→C1        H×W          fcm                 plain       full
+encoder[1..4], decoder[4..7] C1→C1     H×W          fcm                 plain       full
+encoder[5..8], decoder[0..3] C2→C2     H/2×W/2      fcm                 plain       half
+decoder[8] (tail)          C1→3        H×W          fcm                 plain       full
+hnu[u][0..7]               C2→C2       H/4×W/4      hnu                 bn_folded   hnu
+=========================  ==========  ===========  ==================  ==========  =====
 
 HNU ops are measured BatchNorm-folded, as the deployed (exported) network runs them.
 Objectives: :func:`additive` (L + μ·LAT/T) and :func:`multiplicative` (L·(LAT/T)^β, the
@@ -47,6 +53,9 @@ from ..ops import get_space, make_op
 
 FORMAT = "hbl-latency/1"
 VARIANTS = ("plain", "bn_folded")
+#: Feature-size levels of the whole-network model (see the module docstring), then the fixed part.
+LEVELS = ("full", "half", "hnu")
+CALIBRATION_TERMS = LEVELS + ("fixed",)
 ESTIMATE_LABEL = "ESTIMATE (roofline from published specs, not measured)"
 
 
@@ -78,6 +87,24 @@ def padded_size(resolution: Sequence[int]) -> tuple[int, int]:
     """(W, H) padded up to a multiple of 4, as the network pads its input."""
     w, h = (int(v) for v in resolution)
     return w + (-w) % 4, h + (-h) % 4
+
+
+def parse_channels(channels: Sequence[int]) -> tuple[int, int]:
+    """(C1, C2) as two positive integers, or a one-line :class:`ConfigError`."""
+    try:
+        c1, c2 = (int(c) for c in channels)
+    except (TypeError, ValueError):
+        raise ConfigError(f"channels must be two positive integers C1,C2, got {channels!r}") from None
+    if c1 < 1 or c2 < 1:
+        raise ConfigError(f"channels must be two positive integers C1,C2, got {channels!r}")
+    return c1, c2
+
+
+def position_level(pos: Position, full_height: int) -> str:
+    """The whole-network model's level of an edge: ``full``, ``half`` or ``hnu``."""
+    if pos.group == "hnu":
+        return "hnu"
+    return "full" if pos.height == full_height else "half"
 
 
 def edge_positions(channels: Sequence[int], resolution: Sequence[int]) -> dict[str, list[Position]]:
@@ -286,6 +313,11 @@ def _validate(data: Any, source: str) -> None:
     cal = data.get("calibration")
     if cal is not None and not (isinstance(cal, dict) and _num(cal.get("scale")) and _num(cal.get("offset_ms"))):
         raise bad("'calibration' must be null or an object with numeric 'scale' and 'offset_ms'")
+    scales = (cal or {}).get("scales")
+    if scales is not None and not (
+        isinstance(scales, dict) and set(scales) <= set(CALIBRATION_TERMS) and all(_num(v) for v in scales.values())
+    ):
+        raise bad(f"'calibration.scales' must map some of {', '.join(CALIBRATION_TERMS)} to numbers")
 
 
 def check_table(
@@ -325,14 +357,14 @@ def _get(alpha: Any, name: str) -> torch.Tensor:
 
 
 class LatencyModel:
-    """LAT(α) and LAT(genotype) from a latency table.
+    """LAT(α) and LAT(genotype) from a latency table (the whole-network model of the module docstring).
 
     Args:
         table: a :class:`LatencyTable` or a path to one.
 
     Example::
 
-        model = LatencyModel(profile("cpu", "onnxruntime", (320, 180)))
+        model = LatencyModel(profile("cpu", "onnxruntime", (640, 360), calibrate=15))
         lat = model.expected({"alpha_encoder": a_e, "alpha_decoder": a_d, "alpha_hnu": a_h})
         loss = multiplicative(val_loss, lat, budget_ms=33.0, beta=0.07)
     """
@@ -345,12 +377,21 @@ class LatencyModel:
         self.hnu: tuple[str, ...] = tuple(table.space["hnu"])
         pos = edge_positions(table.channels, table.resolution)
         self.positions = pos
+        full_h = pos["encoder"][0].height
+        self.levels = {g: [position_level(p, full_h) for p in ps] for g, ps in pos.items()}
         self.t_encoder, self.m_encoder = self._grid(pos["encoder"], self.fcm)
         self.t_decoder, self.m_decoder = self._grid(pos["decoder"], self.fcm)
         self.t_hnu, self.m_hnu = self._grid(pos["hnu"], self.hnu)  # [8, n_hnu], same for every unit
         cal = table.calibration or {}
-        self.scale = float(cal.get("scale", 1.0))
         self.offset_ms = float(cal.get("offset_ms", 0.0))
+        common = float(cal.get("scale", 1.0))
+        given = cal.get("scales") or {}
+        #: s per term of CALIBRATION_TERMS (a calibration without per-level scales scales everything alike)
+        self.scales: dict[str, float] = {k: float(given.get(k, common)) for k in CALIBRATION_TERMS}
+        self.scale = common
+        # per-edge weights: the level scale of each edge, for the differentiable sum
+        self._w = {g: torch.tensor([self.scales[lv] for lv in self.levels[g]], dtype=torch.float64)
+                   for g in ("encoder", "decoder")}
 
     def _grid(self, positions: list[Position], ops: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.zeros(len(positions), len(ops), dtype=torch.float64)
@@ -373,15 +414,20 @@ class LatencyModel:
     def estimate(self) -> bool:
         return self.table.estimate
 
+    @property
+    def calibrated(self) -> bool:
+        return self.table.calibration is not None
+
     def fixed_ms(self, units: int) -> float:
         return self.table.fixed_ms(units)
 
-    def _calibrated(self, raw: Any) -> Any:
-        return raw * self.scale + self.offset_ms
+    def combine(self, terms: Mapping[str, Any]) -> Any:
+        """Σ_k s_k · terms[k] + b over :data:`CALIBRATION_TERMS` (floats or tensors)."""
+        return sum(self.scales[k] * terms[k] for k in CALIBRATION_TERMS) + self.offset_ms
 
     # -- differentiable ---------------------------------------------------------------------
-    def expected_raw(self, alpha: Any) -> torch.Tensor:
-        """Σ_edges Σ_o softmax(α_e)_o · t_o + fixed part, before calibration (ms)."""
+    def expected_terms(self, alpha: Any) -> dict[str, torch.Tensor]:
+        """Uncalibrated expected ms per level (``full``, ``half``, ``hnu``) and the ``fixed`` part."""
         a_enc, a_dec, a_hnu = (_get(alpha, n) for n in ("alpha_encoder", "alpha_decoder", "alpha_hnu"))
         n_f, n_h = len(self.fcm), len(self.hnu)
         for name, a, shape in (
@@ -394,11 +440,21 @@ class LatencyModel:
             raise ValueError(f"alpha_hnu has shape {tuple(a_hnu.shape)}, the table's space needs [units, {HNU_EDGES}, {n_h}]")
         units = a_hnu.shape[0]
 
-        def term(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return (torch.softmax(a, dim=-1) * t.to(device=a.device, dtype=a.dtype)).sum()
+        def per_edge(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return (torch.softmax(a, dim=-1) * t.to(device=a.device, dtype=a.dtype)).sum(dim=-1)
 
-        fixed = torch.as_tensor(self.fixed_ms(units), device=a_enc.device, dtype=a_enc.dtype)
-        return term(a_enc, self.t_encoder) + term(a_dec, self.t_decoder) + term(a_hnu, self.t_hnu) + fixed
+        terms = {k: torch.zeros((), device=a_enc.device, dtype=a_enc.dtype) for k in CALIBRATION_TERMS}
+        for group, a, t in (("encoder", a_enc, self.t_encoder), ("decoder", a_dec, self.t_decoder)):
+            e = per_edge(a, t)
+            for i, lv in enumerate(self.levels[group]):
+                terms[lv] = terms[lv] + e[i]
+        terms["hnu"] = per_edge(a_hnu, self.t_hnu).sum()
+        terms["fixed"] = torch.as_tensor(self.fixed_ms(units), device=a_enc.device, dtype=a_enc.dtype)
+        return terms
+
+    def expected_raw(self, alpha: Any) -> torch.Tensor:
+        """Σ_edges Σ_o softmax(α_e)_o · t_o + fixed part, before calibration (ms)."""
+        return sum(self.expected_terms(alpha).values())  # type: ignore[return-value]
 
     def expected(self, alpha: Any) -> torch.Tensor:
         """LAT(α) in ms as a differentiable scalar (calibrated when the table has a calibration).
@@ -408,13 +464,13 @@ class LatencyModel:
         Ops a position cannot hold (absent from the table) count 0 ms: the supernet must not
         give them weight there.
         """
-        return self._calibrated(self.expected_raw(alpha))
+        return self.combine(self.expected_terms(alpha))
 
     __call__ = expected
 
     # -- discrete ---------------------------------------------------------------------------
-    def breakdown(self, genotype: GenotypeLike) -> dict[str, float]:
-        """Uncalibrated ms per part of a genotype: encoder, hnu, decoder, fixed."""
+    def _ops_ms(self, genotype: GenotypeLike) -> tuple[Genotype, dict[str, list[tuple[str, float]]]]:
+        """Per group, (level, uncalibrated ms) of every edge of the genotype."""
         g = load_genotype(genotype)
         if g.space != self.table.space["name"] or tuple(g.channels) != self.table.channels:
             raise LatencyTableError(
@@ -422,25 +478,73 @@ class LatencyModel:
                 f"{self.table.space['name']!r} channels {list(self.table.channels)}"
             )
 
-        def lookup(group: str, idx: int, op: str, ops: tuple[str, ...], t: torch.Tensor, m: torch.Tensor) -> float:
+        def lookup(group: str, idx: int, op: str, ops: tuple[str, ...], t: torch.Tensor, m: torch.Tensor) -> tuple[str, float]:
             if op not in ops:
                 raise LatencyTableError(f"op {op!r} is not in the latency table's space; profile this space")
             j = ops.index(op)
             if not bool(m[idx, j]):
                 raise LatencyTableError(f"op {op!r} cannot run at {group}[{idx}] (not in the latency table)")
-            return float(t[idx, j])
+            return self.levels[group][idx], float(t[idx, j])
 
-        enc = sum(lookup("encoder", i, op, self.fcm, self.t_encoder, self.m_encoder) for i, op in enumerate(g.encoder))
-        dec = sum(lookup("decoder", i, op, self.fcm, self.t_decoder, self.m_decoder) for i, op in enumerate(g.decoder))
-        hnu = sum(lookup("hnu", i, op, self.hnu, self.t_hnu, self.m_hnu) for unit in g.hnu for i, op in enumerate(unit))
-        return {"encoder": enc, "hnu": hnu, "decoder": dec, "fixed": self.fixed_ms(g.units)}
+        return g, {
+            "encoder": [lookup("encoder", i, op, self.fcm, self.t_encoder, self.m_encoder) for i, op in enumerate(g.encoder)],
+            "decoder": [lookup("decoder", i, op, self.fcm, self.t_decoder, self.m_decoder) for i, op in enumerate(g.decoder)],
+            "hnu": [lookup("hnu", i, op, self.hnu, self.t_hnu, self.m_hnu) for unit in g.hnu for i, op in enumerate(unit)],
+        }
+
+    def terms(self, genotype: GenotypeLike) -> dict[str, float]:
+        """Uncalibrated ms per term of the model: ``full``, ``half``, ``hnu`` (op sums) and ``fixed``."""
+        g, per = self._ops_ms(genotype)
+        out = {k: 0.0 for k in CALIBRATION_TERMS}
+        for rows in per.values():
+            for lv, ms in rows:
+                out[lv] += ms
+        out["fixed"] = self.fixed_ms(g.units)
+        return out
+
+    def breakdown(self, genotype: GenotypeLike) -> dict[str, float]:
+        """Uncalibrated ms per part of a genotype: encoder, hnu, decoder, fixed."""
+        g, per = self._ops_ms(genotype)
+        return {
+            "encoder": sum(ms for _, ms in per["encoder"]), "hnu": sum(ms for _, ms in per["hnu"]),
+            "decoder": sum(ms for _, ms in per["decoder"]), "fixed": self.fixed_ms(g.units),
+        }
 
     def predict_raw(self, genotype: GenotypeLike) -> float:
-        return sum(self.breakdown(genotype).values())
+        """Σ op times + fixed parts, before calibration (ms)."""
+        return sum(self.terms(genotype).values())
 
     def predict(self, genotype: GenotypeLike) -> float:
         """Predicted end-to-end ms of a genotype (the one-hot case of :meth:`expected`)."""
-        return float(self._calibrated(self.predict_raw(genotype)))
+        return float(self.combine(self.terms(genotype)))
+
+    def describe(self, genotype: GenotypeLike) -> dict[str, Any]:
+        """The prediction with what it is for: device, backend, resolution, threads, model terms."""
+        g = load_genotype(genotype)
+        t = self.table
+        settings = t.settings or {}
+        cal = t.calibration or {}
+        terms = self.terms(g)
+        return {
+            "predicted_ms": self.predict(g),
+            "genotype": g.summary(),
+            "device": t.device.get("preset") or t.device.get("name"),
+            "machine": t.device.get("cpu") if not t.device.get("gpu") else t.device.get("gpu"),
+            "backend": t.backend.get("name"),
+            "backend_versions": t.backend.get("versions", {}),
+            "resolution": list(t.resolution),
+            # None in the table means the backend's default (what OrtRunner uses when not told otherwise)
+            "threads": settings.get("threads") if settings.get("threads") is not None else "default",
+            "allow_spinning": settings.get("allow_spinning") if settings.get("allow_spinning") is not None else "default",
+            "estimate": t.estimate,
+            "label": t.label,
+            "calibration": cal.get("kind") if t.calibration is not None else None,
+            "terms_ms": terms,
+            "scales": dict(self.scales),
+            "offset_ms": self.offset_ms,
+            "raw_ms": sum(terms.values()),
+            "table_date": t.date,
+        }
 
     def one_hot_alpha(self, genotype: GenotypeLike, big: float = 1e4) -> dict[str, torch.Tensor]:
         """α whose softmax is (numerically) one-hot on ``genotype`` — for checks and tests."""
@@ -516,21 +620,21 @@ def load_latency_model(
         table = LatencyTable.load(latency_table)
         check_table(table, space=space, channels=channels, resolution=resolution)
         return LatencyModel(table)
-    from .profiler import estimate_table
+    from .roofline import estimate_table
 
     assert spec is not None
     return LatencyModel(estimate_table(spec.name, resolution, space=space, channels=channels))
 
 
 def measure_network(genotype: GenotypeLike, backend: str = "onnxruntime", resolution: Sequence[int] = (320, 180), **kw: Any) -> float:
-    """End-to-end median ms of a genotype's BN-folded network (see :func:`hbl_edge.search.profiler.measure_network`)."""
-    from .profiler import measure_network as _measure
+    """End-to-end median ms of a genotype's network as deployed (see :func:`hbl_edge.search.deployed.measure_network`)."""
+    from .deployed import measure_network as _measure
 
     return _measure(genotype, backend, resolution, **kw)
 
 
 __all__ = [
-    "ESTIMATE_LABEL", "FORMAT", "LatencyModel", "LatencyTable", "LatencyTableError", "OBJECTIVES",
+    "CALIBRATION_TERMS", "ESTIMATE_LABEL", "FORMAT", "LEVELS", "LatencyModel", "LatencyTable", "LatencyTableError", "OBJECTIVES",
     "Position", "additive", "check_table", "edge_positions", "load_latency_model", "load_table", "measure_network",
-    "multiplicative", "op_buildable", "padded_size", "random_genotype",
+    "multiplicative", "op_buildable", "padded_size", "parse_channels", "position_level", "random_genotype",
 ]

@@ -14,6 +14,11 @@ so a resumed run sees the batches an uninterrupted one would.
   the rescaling the search could "improve" by inflating every λ.
 - Stage A: λ* frozen; upper objective the λ*-weighted loss on the val split combined with the
   expected latency LAT(α) (additive or multiplicative form) when a budget is given.
+
+:func:`bilevel_step` also runs data parallel (``dist``: every gradient averaged over the ranks,
+docs/distributed.md) and takes the lower step either after the upper step (``alternating``,
+DARTS) or with the virtual step's gradient (``simultaneous``, one pass fewer); :func:`place`
+puts a supernet where and how a step runs it.
 """
 
 from __future__ import annotations
@@ -25,12 +30,32 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..distributed import SINGLE, DistContext, sync_batchnorm_
 from .hypergrad import LowerStep, apply_hypergradient, hypergradient, sgd_momentum_buffers
 from .supernet import Supernet
 
 log = logging.getLogger(__name__)
 
 UpperFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: When the lower step is taken (see :func:`bilevel_step`).
+LOWER_STEPS = ("alternating", "simultaneous")
+
+
+def memory_format(dist: DistContext) -> torch.memory_format:
+    """Channels-last on the CPU: oneDNN's convolutions skip a layout conversion per call
+    (measured: a stage-A step 10–15 % faster, docs/search.md); the default elsewhere."""
+    return torch.channels_last if dist.device.type == "cpu" else torch.contiguous_format
+
+
+def place(net: Supernet, dist: DistContext = SINGLE) -> Supernet:
+    """The supernet as a search step runs it: BatchNorm over the global batch (data parallel),
+    on the run's device, in its memory format (state-dict keys and values unchanged)."""
+    return sync_batchnorm_(net, dist).to(device=dist.device, memory_format=memory_format(dist))
+
+
+def place_batch(batch: tuple[torch.Tensor, torch.Tensor], dist: DistContext = SINGLE) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = batch
+    return x.to(dist.device).contiguous(memory_format=memory_format(dist)), y.to(dist.device)
 
 
 @dataclass
@@ -78,15 +103,38 @@ def bilevel_step(
     upper_objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     clip: float,
     after_upper: Callable[[], None] | None = None,
+    dist: DistContext = SINGLE,
+    lower_step: str = "alternating",
 ) -> dict[str, Any]:
-    """One upper step (hypergradient) then one lower step (SGD). Returns the step's record."""
+    """One upper step (hypergradient) then one lower step (SGD). Returns the step's record.
+
+    ``lower_step`` (:data:`LOWER_STEPS`): ``"alternating"`` (DARTS, the reference code) takes
+    the lower step at the updated upper variables, ∇_w L_tr(w_t, u_{t+1}), with a pass of its
+    own; ``"simultaneous"`` takes it with ∇_w L_tr(w_t, u_t), the gradient the second-order
+    virtual step has just computed on the same batch, and saves that pass (one of five). The
+    first order has no virtual step and always takes its own lower pass.
+
+    ``dist``: data parallelism (:mod:`hbl_edge.distributed`). Each rank passes its own slice
+    of the global batch; every gradient (the hypergradient's internal ones, the lower step's)
+    is averaged over the ranks before use, so every rank takes the same steps and the result
+    is the step of one process on the concatenated batch. The record's losses are the
+    averages over the ranks (the global batch's values).
+    """
+    if lower_step not in LOWER_STEPS:
+        raise ValueError(f"lower_step must be one of {', '.join(LOWER_STEPS)}, got {lower_step!r}")
+    reuse = lower_step == "simultaneous" and order != "first"
     net = state.supernet
     params = net.weight_parameters()
     lo_x, lo_y = lower_batch
     up_x, up_y = upper_batch
 
+    first_terms: dict[str, torch.Tensor] = {}
+
     def train_loss() -> torch.Tensor:
-        return lower_loss(net(lo_x), lo_y)[0]
+        loss, terms = lower_loss(net(lo_x), lo_y)
+        if not first_terms:  # the pass at (w, u): what a reused lower step logs
+            first_terms.update(terms)
+        return loss
 
     def upper_loss() -> torch.Tensor:
         return upper_objective(net(up_x), up_y)
@@ -95,25 +143,39 @@ def bilevel_step(
         order, state.upper_vars, params, train_loss, upper_loss,
         LowerStep.from_sgd(state.w_opt), sgd_momentum_buffers(state.w_opt, params),
         restore=list(net.buffers()),  # the extra forwards must not move BatchNorm statistics
+        reduce=dist.mean if dist.enabled else None,
+        keep_lower_grad=reuse,
     )
     apply_hypergradient(state.u_opt, state.upper_vars, res.grads)
     if after_upper:
         after_upper()
 
     state.w_opt.zero_grad(set_to_none=True)
-    loss, terms = lower_loss(net(lo_x), lo_y)
-    loss.backward()
+    if res.lower_grad is not None:  # simultaneous: the virtual step's gradient, already averaged
+        for p, g in zip(params, res.lower_grad):
+            p.grad = g
+        loss_value, terms = float(res.info.train_loss), first_terms  # type: ignore[arg-type]
+        logged = dist.mean_floats({f"term_{k}": v.item() for k, v in terms.items()})
+    else:
+        loss, terms = lower_loss(net(lo_x), lo_y)
+        # the weights' gradient only: .backward() would also accumulate ∇_u L_tr into the upper
+        # variables' .grad (wasted work, and it would overwrite the hypergradient left there)
+        for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+            p.grad = g
+        dist.mean_grads_(params)  # before clipping: the clip sees the global gradient
+        logged = dist.mean_floats({"lower_loss": loss.item(), **{f"term_{k}": v.item() for k, v in terms.items()}})
+        loss_value = logged.pop("lower_loss")
     gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
     state.w_opt.step()
     state.step += 1
     return {
         "step": state.step,
-        "lower_loss": loss.item(),
+        "lower_loss": loss_value,
         "upper_loss": res.info.upper_loss,
         "hypergrad_norm": float(sum(g.norm() ** 2 for g in res.grads) ** 0.5),
         "direct_zero": bool(res.info.direct_zero),
         "grad_norm": float(gnorm),
-        **{f"term_{k}": v.item() for k, v in terms.items()},
+        **logged,
     }
 
 

@@ -7,10 +7,13 @@ Every searched edge e computes
     \bar o_e(x) = \sum_{o \in \mathcal O_e} \mathrm{softmax}(\alpha_e)_o \; o(x),
 
 over its space (``space.hnu`` on the 8 edges of each HNU, ``space.fcm`` on the 9 encoder
-and 9 decoder edges). On HNU edges each candidate is followed by its own
-BatchNorm(affine=False), as in DARTS, so that a one-hot α reproduces the final network's
-``BranchNorm(op)`` exactly, running statistics included. Everything else (padding, up/down
-layers, residual pairs, the HNU division) is :class:`hbl_edge.network.Network`'s code.
+and 9 decoder edges). HNU edges are normalised by BatchNorm(affine=False): once per edge,
+after the mixture (``hnu_norm="edge"``, the reference code's choice and the default), or once
+per candidate before it (``"candidate"``, as DARTS); either way a one-hot α reproduces the
+final network's ``BranchNorm(op)`` exactly, running statistics included. Each edge evaluates
+its linear candidates as one mixed-kernel convolution (:class:`MixedOp`). Everything else
+(padding, up/down layers, residual pairs, the HNU division) is
+:class:`hbl_edge.network.Network`'s code.
 
 The architecture logits are registered parameters, so checkpoints hold them:
 
@@ -45,9 +48,10 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GenotypeError
@@ -61,41 +65,238 @@ _GROUP_ALPHA = {"encoder": "alpha_encoder", "decoder": "alpha_decoder", "hnu": "
 _CANDIDATES = "candidates"
 
 
-class MixedOp(nn.Module):
-    """One searched edge of the supernet: Σ_o w_o · candidate_o(x).
+#: How an HNU edge normalises: one BatchNorm per candidate (DARTS) or one after the mixture
+#: (the reference code). Encoder/decoder edges have no normalisation either way.
+HNU_NORMS = ("edge", "candidate")
 
-    Candidates are ``make_op`` modules (encoder/decoder edges) or ``BranchNorm(op)`` modules
-    (HNU edges, ``normed=True``), stored in :attr:`candidates` in the space's order, so a
-    candidate's state-dict keys are the final network's keys with ``candidates.<i>.``
-    inserted. The weights ``w`` (a softmax row of α) are handed over by
+
+class LinearPart(NamedTuple):
+    """``conv2d(x, kernel, dilation=dilation)`` with "same" padding, ``kernel`` odd ``k×k``."""
+
+    kernel: torch.Tensor
+    dilation: int
+
+
+class Decomposition(NamedTuple):
+    """op(x) = Σ_parts conv(x, part) + [identity]·x + rest(x) (``rest`` None: no such term)."""
+
+    parts: tuple[LinearPart, ...]
+    identity: bool
+    rest: Optional[Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _same_conv_kernel(conv: nn.Conv2d) -> Optional[LinearPart]:
+    k, d = conv.kernel_size[0], conv.dilation[0]
+    if (conv.bias is not None or conv.stride != (1, 1) or conv.groups != 1 or k % 2 == 0
+            or conv.kernel_size[1] != k or conv.dilation[1] != d or conv.padding != (d * (k // 2),) * 2):
+        return None
+    return LinearPart(conv.weight, d)
+
+
+def decompose(op: nn.Module) -> Optional[Decomposition]:
+    """Split an op into same-padded stride-1 convolutions of its input, an identity, and the rest.
+
+    ``conv_*``/``dilconv_3x3``: one part; ``resconv_*``: one part + identity; ``skip_connect``:
+    identity; ``sepconv_*``: one part with kernel K[o, i] = P[o, i]·D[i] (pointwise after
+    depthwise, no activation between); ``denseblocks_k``: conv2 acts on concat[x, y1], so
+    conv2(concat[x, y1]) = W2[:, :C] ⋆ x + W2[:, C:] ⋆ y1: the first term is a part, the
+    second the nonlinear rest. The kernels are views of (or built from) the op's parameters,
+    so gradients reach them. None for ops that do not split (anything else, biases, strides).
+    """
+    from ..ops import Conv, DenseBlock, Identity, ResConv, SepConv
+
+    if isinstance(op, Identity):
+        return Decomposition((), True, None)
+    if isinstance(op, (Conv, ResConv)):
+        part = _same_conv_kernel(op.conv)
+        return None if part is None else Decomposition((part,), isinstance(op, ResConv), None)
+    if isinstance(op, SepConv):
+        dw, pw = op.dw, op.pw
+        kd, d = dw.kernel_size[0], dw.dilation[0]
+        if (dw.bias is not None or pw.bias is not None or dw.stride != (1, 1) or pw.kernel_size != (1, 1)
+                or dw.padding != (d * (kd // 2),) * 2):
+            return None
+        return Decomposition((LinearPart(pw.weight[:, :, 0, 0, None, None] * dw.weight[:, 0][None], d),), False, None)
+    if isinstance(op, DenseBlock):
+        first, second = _same_conv_kernel(op.conv1), _same_conv_kernel(op.conv2)
+        if first is None or second is None or second.dilation != 1:
+            return None
+        c = op.conv1.in_channels
+        w2 = op.conv2.weight
+
+        def rest(x: torch.Tensor, op: DenseBlock = op) -> torch.Tensor:
+            y1 = torch.relu(op.conv1(x))
+            # contiguous: a strided weight view sends CPU convolution down a slow path
+            return F.conv2d(y1, w2[:, c:].contiguous(), padding=op.conv2.padding)
+
+        return Decomposition((LinearPart(w2[:, :c], 1),), False, rest)
+    return None
+
+
+def _written_out(kernel: torch.Tensor, dilation: int) -> torch.Tensor:
+    """A dilated k×k kernel as the dense ((k−1)·d+1)² kernel it is (zeros between the taps)."""
+    if dilation == 1:
+        return kernel
+    k = kernel.shape[-1]
+    size = dilation * (k - 1) + 1
+    out = kernel.new_zeros(*kernel.shape[:2], size, size)
+    out[..., ::dilation, ::dilation] = kernel  # differentiable: a copy into a slice of a new tensor
+    return out
+
+
+def _centre(kernel: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad an odd ``s×s`` kernel to ``size×size`` around its centre (same output)."""
+    p = (size - kernel.shape[-1]) // 2
+    return F.pad(kernel, (p, p, p, p)) if p else kernel
+
+
+class MixedOp(nn.Module):
+    r"""One searched edge of the supernet: Σ_o w_o · candidate_o(x).
+
+    Candidates are ``make_op`` modules (encoder/decoder edges, and HNU edges with
+    ``norm="edge"``) or ``BranchNorm(op)`` modules (HNU edges with ``norm="candidate"``),
+    stored in :attr:`candidates` in the space's order, so a candidate's state-dict keys are
+    the final network's keys with ``candidates.<i>.`` inserted (``candidates.<i>.`` in place of
+    ``op.`` with ``norm="edge"``). The weights ``w`` (a softmax row of α) are handed over by
     :meth:`Supernet.forward` for the duration of one forward pass; all candidates are
-    evaluated, whatever their weight (a zero weight still gives a zero gradient, and
-    the BatchNorm statistics of every candidate keep tracking their inputs).
+    evaluated, whatever their weight (a zero weight still gives a zero gradient).
+
+    ``normed=True`` (HNU edges) normalises the edge's output with BatchNorm(affine=False):
+
+    - ``norm="candidate"``: one BatchNorm per candidate, before the mixture (DARTS):
+      Σ_o w_o · BN_o(o(x));
+    - ``norm="edge"``: one BatchNorm after the mixture (the reference code):
+      BN(Σ_o w_o · o(x)). A one-hot w gives BN(o(x)), the final network's ``BranchNorm(op)``,
+      and the edge's running statistics are then those of the chosen op.
+
+    **Fusion** (``fuse=True``, candidates not followed by their own BatchNorm): convolution is
+    linear in its kernel, so the linear parts of all candidates (:func:`decompose`: every
+    conv, residual, skip and separable op, and the x-half of a dense block's second conv) are
+    evaluated as ONE convolution per dilation with the mixed kernel
+
+    .. math:: K_d = \sum_o w_o \sum_{\text{parts of } o \text{ at } d} \hat K + \Big(\sum_{o \text{ with identity}} w_o\Big)\, I\otimes\delta,
+
+    each :math:`\hat K` zero-padded to the group's largest kernel; a dilated group whose
+    written-out extent fits inside the dilation-1 kernel joins it (paper space: the
+    encoder/decoder edges are one 5×5 convolution; an HNU edge is one 3×3 convolution, one
+    dilated 3×3 and the two dense blocks' nonlinear halves). Σ_o w_o (K_o ⋆ x) = (Σ_o w_o K_o)
+    ⋆ x exactly, up to rounding. The candidates keep their own parameters and state-dict keys;
+    autograd carries ∂L/∂K to each of them and ∂L/∂w_o = ⟨∂L/∂K, K̂_o⟩. Candidates that do not
+    split (e.g. ``conv_3x3_half``) are evaluated one by one and added.
     """
 
     def __init__(self, names: Sequence[str], c_in: int, c_out: int, *, normed: bool,
-                 group: str, index: Any) -> None:
+                 group: str, index: Any, norm: str = "candidate", fuse: bool = True) -> None:
         super().__init__()
+        if norm not in HNU_NORMS:
+            raise ValueError(f"norm must be one of {', '.join(HNU_NORMS)}, got {norm!r}")
         self.names = tuple(names)
         self.group = group
         self.index = index
         self.normed_output = normed  # HNU uses a normed edge as it is (no extra BatchNorm)
+        self.norm = norm if normed else None
+        per_candidate = normed and norm == "candidate"
         self.candidates = nn.ModuleList(
-            BranchNorm(make_op(n, c_in, c_out), c_out) if normed else make_op(n, c_in, c_out) for n in self.names
+            BranchNorm(make_op(n, c_in, c_out), c_out) if per_candidate else make_op(n, c_in, c_out)
+            for n in self.names
         )
+        self.bn = nn.BatchNorm2d(c_out, affine=False) if normed and norm == "edge" else None
         self.weights: Optional[torch.Tensor] = None
+        self.c_out = c_out
+        self._fused: tuple[int, ...] = ()
+        self._groups: dict[int, int] = {}  # dilation → kernel side of its mixed kernel
+        if fuse and not per_candidate:
+            self._plan_fusion()
+        self._unfused = tuple(i for i in range(len(self.candidates)) if i not in self._fused)
+
+    def _plan_fusion(self) -> None:
+        decs = {i: decompose(c) for i, c in enumerate(self.candidates)}
+        fused = tuple(i for i, d in decs.items() if d is not None)
+        n_linear = sum(len(decs[i].parts) + decs[i].identity for i in fused)  # type: ignore[union-attr]
+        if n_linear < 2:
+            return  # nothing to merge
+        sides: dict[int, int] = {}
+        for i in fused:
+            for part in decs[i].parts:  # type: ignore[union-attr]
+                sides[part.dilation] = max(sides.get(part.dilation, 1), part.kernel.shape[-1])
+        if any(decs[i].identity for i in fused):  # type: ignore[union-attr]
+            sides.setdefault(1, 1)
+        base = sides.get(1, 0)
+        groups = {1: base} if base else {}
+        for d, k in sides.items():  # a dilated kernel that fits inside the dense one costs nothing there
+            if d != 1 and not (base and d * (k - 1) + 1 <= base):
+                groups[d] = k
+        self._fused, self._groups = fused, groups
+
+    @property
+    def fused(self) -> tuple[str, ...]:
+        """Names of the candidates whose linear parts are evaluated as mixed-kernel convolutions."""
+        return tuple(self.names[i] for i in self._fused)
+
+    @property
+    def candidate_prefix(self) -> str:
+        """What ``candidates.<i>.`` stands for in the final network's keys (see the class doc)."""
+        return "op." if self.norm == "edge" else ""
+
+    def mixed_kernels(self, w: torch.Tensor) -> tuple[dict[int, torch.Tensor], list[int]]:
+        """{dilation: K_d} of the fused candidates, and the fused candidates with a nonlinear rest."""
+        kernels: dict[int, torch.Tensor] = {}
+        identity: Optional[torch.Tensor] = None
+        with_rest = []
+        for i in self._fused:
+            dec = decompose(self.candidates[i])
+            assert dec is not None
+            for part in dec.parts:
+                d = part.dilation if part.dilation in self._groups else 1
+                k = part.kernel if d == part.dilation else _written_out(part.kernel, part.dilation)
+                term = w[i] * _centre(k, self._groups[d])
+                kernels[d] = term if d not in kernels else kernels[d] + term
+            if dec.identity:
+                identity = w[i] if identity is None else identity + w[i]
+            if dec.rest is not None:
+                with_rest.append(i)
+        if identity is not None:
+            eye = _identity_kernel(self.c_out, self._groups[1], w.dtype, w.device)
+            kernels[1] = identity * eye if 1 not in kernels else kernels[1] + identity * eye
+        return kernels, with_rest
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weights
         if w is None:
             raise RuntimeError("a MixedOp is evaluated through Supernet.forward, which sets its weights")
-        out = w[0] * self.candidates[0](x)
-        for i in range(1, len(self.candidates)):
-            out = out + w[i] * self.candidates[i](x)
-        return out
+        out: Optional[torch.Tensor] = None
+        if self._fused:
+            kernels, with_rest = self.mixed_kernels(w)
+            for d, k in kernels.items():
+                y = F.conv2d(x, k, padding=d * (k.shape[-1] // 2), dilation=d)
+                out = y if out is None else out + y
+            for i in with_rest:
+                rest = decompose(self.candidates[i]).rest  # type: ignore[union-attr]
+                out = out + w[i] * rest(x)  # type: ignore[misc, operator]
+        for i in self._unfused:
+            term = w[i] * self.candidates[i](x)
+            out = term if out is None else out + term
+        assert out is not None
+        return out if self.bn is None else self.bn(out)
 
     def extra_repr(self) -> str:
-        return f"group={self.group!r}, index={self.index!r}"
+        extra = f", norm={self.norm!r}" if self.norm else ""
+        fused = f", fused={list(self.fused)}, kernels={self._groups}" if self._fused else ""
+        return f"group={self.group!r}, index={self.index!r}{extra}{fused}"
+
+
+_EYE_CACHE: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _identity_kernel(c: int, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """I ⊗ δ: the ``[c, c, size, size]`` kernel of the identity (cached, never written)."""
+    key = (c, size, dtype, device)
+    eye = _EYE_CACHE.get(key)
+    if eye is None:
+        eye = torch.zeros(c, c, size, size, dtype=dtype, device=device)
+        eye[torch.arange(c), torch.arange(c), size // 2, size // 2] = 1.0
+        _EYE_CACHE[key] = eye
+    return eye
 
 
 class Supernet(Network):
@@ -109,6 +310,10 @@ class Supernet(Network):
             weights are initialised from the global RNG, as :class:`Network` does.
         freeze_alpha: keep α at its initial value (stage L searches the loss with α frozen
             at its near-uniform initialisation); see :meth:`freeze_arch`.
+        hnu_norm: ``"edge"`` (one BatchNorm per HNU edge, after the mixture, as the reference
+            code) or ``"candidate"`` (one per candidate, as DARTS); see :class:`MixedOp`.
+        fuse: evaluate each edge's linear candidates as one mixed-kernel convolution
+            (:class:`MixedOp`); the same function up to rounding, fewer and cheaper passes.
 
     ``arch_parameters()`` and ``weight_parameters()`` partition ``parameters()``: give them
     to separate optimisers (Adam for α, SGD for the weights).
@@ -116,9 +321,12 @@ class Supernet(Network):
 
     def __init__(self, space: str = "paper", channels: Sequence[int] = (16, 32), units: int = 7, *,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None,
-                 freeze_alpha: bool = False) -> None:
+                 freeze_alpha: bool = False, hnu_norm: str = "edge", fuse: bool = True) -> None:
         nn.Module.__init__(self)  # no genotype: Network.__init__ is bypassed on purpose
         self.space: Space = get_space(space)
+        if hnu_norm not in HNU_NORMS:
+            raise GenotypeError(f"hnu_norm must be one of {', '.join(HNU_NORMS)}, got {hnu_norm!r}")
+        self.hnu_norm, self.fuse = hnu_norm, bool(fuse)
         channels = tuple(channels) if isinstance(channels, (list, tuple)) else channels
         if (
             not isinstance(channels, tuple) or len(channels) != 2
@@ -146,8 +354,9 @@ class Supernet(Network):
     # -- construction -----------------------------------------------------------------------
     def make_edge(self, group: str, index, c_in: int, c_out: int) -> nn.Module:
         if group == "hnu":
-            return MixedOp(self.space.hnu, c_in, c_out, normed=True, group=group, index=tuple(index))
-        return MixedOp(self.space.fcm, c_in, c_out, normed=False, group=group, index=index)
+            return MixedOp(self.space.hnu, c_in, c_out, normed=True, group=group, index=tuple(index),
+                           norm=self.hnu_norm, fuse=self.fuse)
+        return MixedOp(self.space.fcm, c_in, c_out, normed=False, group=group, index=index, fuse=self.fuse)
 
     # -- parameters -------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -351,7 +560,8 @@ def derived_state_dict(supernet: Supernet, genotype: Genotype) -> dict[str, torc
     ``load_state_dict(..., strict=True)``.
     """
     _check_compatible(supernet, genotype)
-    chosen = {name: m.names.index(_chosen_op(genotype, m)) for name, m in supernet.mixed_ops()}
+    edges = dict(supernet.mixed_ops())
+    chosen = {name: m.names.index(_chosen_op(genotype, m)) for name, m in edges.items()}
     marker = f".{_CANDIDATES}."
     out: dict[str, torch.Tensor] = {}
     for key, value in supernet.state_dict().items():
@@ -362,7 +572,7 @@ def derived_state_dict(supernet: Supernet, genotype: Genotype) -> dict[str, torc
             idx, tail = rest.split(".", 1)
             if int(idx) != chosen[prefix]:
                 continue
-            key = f"{prefix}.{tail}"
+            key = f"{prefix}.{edges[prefix].candidate_prefix}{tail}"
         out[key] = value.detach().clone()
 
     # Self-check against the network the genotype builds (on the meta device: no memory,
@@ -377,6 +587,6 @@ def derived_state_dict(supernet: Supernet, genotype: Genotype) -> dict[str, torc
 
 
 __all__ = [
-    "ALPHA_INIT_SCALE", "DerivationReport", "MixedOp", "ReplacedEdge", "Supernet", "derive",
-    "derived_state_dict",
+    "ALPHA_INIT_SCALE", "DerivationReport", "HNU_NORMS", "MixedOp", "ReplacedEdge", "Supernet", "derive",
+    "decompose", "derived_state_dict",
 ]

@@ -94,6 +94,8 @@ class Frame:
 
 FLIPS = ("none", "horizontal", "vertical", "rotate-180")
 CODECS = ("h264", "h265")
+RECEIVERS = ("auto", "packets", "gstreamer", "pyav")
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
 @dataclass
@@ -124,6 +126,17 @@ class VideoOptions:
     bitrate_kbps: int = 4000
     keyframe_interval_s: float = 1.0
     headless: bool = False
+    #: RTP/RTSP receive path: ``auto`` (the measured fastest one installed, see docs/runtime.md
+    #: "Receive latency"), ``packets`` (RTP assembled here, decoded by PyAV; RTP only),
+    #: ``gstreamer`` (udpsrc/rtspsrc → depay → avdec → appsink) or ``pyav`` (libavformat's demuxer).
+    receiver: str = "auto"
+    #: RTP payload type a source accepts and a sink sends (96: the first dynamic one, BlueOS's).
+    payload_type: int = 96
+    #: Where an ``rtp://`` sink writes its SDP file (default: ``rtp-HOST-PORT.sdp`` in the
+    #: current folder); VLC and ffplay open it to play the stream.
+    sdp_path: str | None = None
+    #: x264/x265 preset (default: ``ultrafast`` for network sinks, ``veryfast`` for files).
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -142,6 +155,12 @@ class VideoOptions:
             raise StreamError(f"--input-transport {self.transport!r}: use tcp or udp")
         if self.loop < -1:
             raise StreamError(f"--input-loop must be -1 (forever), 0 (once) or a count, got {self.loop}")
+        if self.receiver not in RECEIVERS:
+            raise StreamError(f"--input-receiver {self.receiver!r} is not one of {', '.join(RECEIVERS)}")
+        if not 0 <= self.payload_type <= 127:
+            raise StreamError(f"RTP payload type must be 0..127 (96 for H.264 from BlueOS), got {self.payload_type}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise StreamError(f"encoder preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         if self.latency_ms < 0 or self.timeout_s <= 0 or self.bitrate_kbps < 1 or self.keyframe_interval_s <= 0:
             raise StreamError("--input-latency ≥ 0, and timeout, bitrate and keyframe interval > 0, please")
 
@@ -292,7 +311,12 @@ SINKS: Registry[SinkFactory] = Registry("video sink scheme", StreamError, "see d
 
 #: Modules that register sources and sinks (imported on first use; each imports without PyAV,
 #: GStreamer or OpenCV installed).
-IMPLEMENTATIONS: list[str] = []
+IMPLEMENTATIONS: list[str] = [
+    f"{__package__}.{name}" for name in (
+        "file_source", "rtp_source", "rtsp_source", "udp_ts", "device_source",
+        "file_sink", "rtp_sink", "rtsp_sink", "display_sink",
+    )
+]
 
 
 def _load_implementations() -> None:
@@ -338,7 +362,7 @@ def apply_flip(image: np.ndarray, flip: str) -> np.ndarray:
 
 
 __all__ = [
-    "CODECS", "FLIPS", "Frame", "IMPLEMENTATIONS", "SINKS", "SOURCES", "Sink", "SinkError", "Source",
+    "CODECS", "FLIPS", "PRESETS", "RECEIVERS", "Frame", "IMPLEMENTATIONS", "SINKS", "SOURCES", "Sink", "SinkError", "Source",
     "SourceLost", "StreamError", "Uri", "VideoOptions", "apply_flip", "fit_to", "open_sink", "open_source",
     "parse_uri",
 ]

@@ -1,0 +1,175 @@
+"""``rtsp://@:PORT/name`` sink: an RTSP server that players (VLC, QGroundControl, ffplay, another
+hbl-edge) connect to, through gst-rtsp-server (PyAV can publish to an RTSP server but cannot be
+one).
+
+One shared media per mount: every client sees the same encoder output
+(``appsrc ! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast ! rtph264pay``: SPS/PPS
+in-band before every keyframe, a keyframe every ``keyframe_interval_s`` at the nominal rate). Frames written while nobody watches are counted in ``idle_frames`` and dropped
+without encoding. ``rtsp://@:8554/enhanced`` listens on every address; ``rtsp://127.0.0.1:8554/x``
+only on that one.
+
+The server runs its own GLib main loop in a thread; ``write()`` pushes buffers into the current
+media's appsrc (thread-safe in GStreamer). Port in use → :class:`StreamError` at ``start()``;
+GStreamer or gst-rtsp-server missing → :class:`StreamError` naming the packages.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+from ._common import SizeKeeper, check_tcp_free
+from ._deps import need_gst
+from .base import SINKS, Frame, SinkError, StreamError, Uri, VideoOptions
+
+log = logging.getLogger(__name__)
+
+
+class RtspSink:
+    """Counters: ``frames`` (pushed to the encoder), ``idle_frames`` (nobody connected),
+    ``clients`` (connections so far)."""
+
+    def __init__(self, uri: Uri, options: VideoOptions):
+        self.uri = uri
+        self.options = options
+        self.port = int(uri.port or 0)
+        self.host = uri.host or ""
+        self.path = uri.path if uri.path and uri.path != "/" else "/stream"
+        self.what = f"rtsp server {uri.text}"
+        self.counters: dict[str, int] = {"frames": 0, "idle_frames": 0, "clients": 0}
+        self._lock = threading.Lock()
+        self._appsrcs: list[Any] = []
+        self._caps: Any = None
+        self._fit = SizeKeeper(self.what)
+        self._server: Any = None
+        self._loop: Any = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        host = self.host or socket.gethostname()
+        return f"rtsp://{host}:{self.port}{self.path}"
+
+    def _launch(self) -> str:
+        o = self.options
+        gop = max(1, round((o.rate or 30.0) * o.keyframe_interval_s))
+        # SPS/PPS go in-band before every keyframe from the encoder (byte-stream x264 repeats them;
+        # x265 is told to), not from the payloader: rtph264pay's config-interval=-1 puts them before
+        # *every slice* of a keyframe, which libavformat's parser (ffplay, OpenCV, PyAV) takes for new
+        # access units (measured: half-grey pictures); zerolatency x264 cuts frames into slices.
+        if o.output_codec == "h264":
+            enc = (f"x264enc tune=zerolatency speed-preset={o.preset or 'ultrafast'} bitrate={o.bitrate_kbps} "
+                   f"key-int-max={gop} ! video/x-h264,stream-format=byte-stream ! "
+                   f"rtph264pay name=pay0 pt={o.payload_type} config-interval=0")
+        else:
+            enc = (f"x265enc tune=zerolatency speed-preset={o.preset or 'ultrafast'} bitrate={o.bitrate_kbps} "
+                   f"key-int-max={gop} option-string=repeat-headers=1 ! video/x-h265,stream-format=byte-stream ! "
+                   f"rtph265pay name=pay0 pt={o.payload_type} config-interval=0")
+        return (f"( appsrc name=src is-live=true format=time do-timestamp=true block=false max-bytes=0 "
+                f"max-buffers=2 leaky-type=downstream ! videoconvert ! video/x-raw,format=I420 ! {enc} )")
+
+    def start(self) -> None:
+        enc, pay = ("x264enc", "rtph264pay") if self.options.output_codec == "h264" else ("x265enc", "rtph265pay")
+        Gst, GLib, RS = need_gst(self.what, "appsrc", "videoconvert", enc, pay, rtsp_server=True)
+        self._Gst = Gst
+        check_tcp_free(self.host, self.port, self.what)
+        ctx = GLib.MainContext.new()
+        server = RS.RTSPServer.new()
+        server.set_address(self.host or "0.0.0.0")
+        server.set_service(str(self.port))
+        factory = RS.RTSPMediaFactory.new()
+        factory.set_launch(self._launch())
+        factory.set_shared(True)
+        factory.connect("media-configure", self._on_media)
+        server.get_mount_points().add_factory(self.path, factory)
+        server.connect("client-connected", self._on_client)
+        self._source_id = server.attach(ctx)
+        if not self._source_id:
+            raise StreamError(f"{self.what}: cannot listen on tcp port {self.port} (in use?); use another port")
+        self._server, self._ctx, self._GLib, self._RS = server, ctx, GLib, RS
+        self._loop = GLib.MainLoop.new(ctx, False)
+        self._thread = threading.Thread(target=self._loop.run, name=f"rtsp-sink-{self.port}", daemon=True)
+        self._thread.start()
+        log.info("%s: players can open %s", self.what, self.url)
+
+    # -- GLib thread --------------------------------------------------------------------------
+    def _on_client(self, server: Any, client: Any) -> None:
+        self.counters["clients"] += 1
+
+    def _on_media(self, factory: Any, media: Any) -> None:
+        appsrc = media.get_element().get_by_name_recurse_up("src")
+        with self._lock:
+            if self._caps is not None:
+                appsrc.set_property("caps", self._caps)
+            self._appsrcs.append(appsrc)
+        media.connect("unprepared", lambda m: self._forget(appsrc))
+
+    def _forget(self, appsrc: Any) -> None:
+        with self._lock:
+            if appsrc in self._appsrcs:
+                self._appsrcs.remove(appsrc)
+
+    # -- pipeline thread ----------------------------------------------------------------------
+    def write(self, frame: Frame) -> None:
+        if self._server is None:
+            raise StreamError(f"{self.what}: write() before start()")
+        Gst = self._Gst
+        image = self._fit(frame.image)
+        with self._lock:
+            if self._caps is None:
+                h, w = image.shape[:2]
+                rate = round(self.options.rate or 30)
+                self._caps = Gst.Caps.from_string(f"video/x-raw,format=RGB,width={w},height={h},framerate={rate}/1")
+                for src in self._appsrcs:
+                    src.set_property("caps", self._caps)
+            targets = list(self._appsrcs)
+        if not targets:
+            self.counters["idle_frames"] += 1
+            return
+        buf = Gst.Buffer.new_wrapped(image.tobytes())
+        for src in targets:
+            ret = src.emit("push-buffer", buf)
+            if ret not in (Gst.FlowReturn.OK, Gst.FlowReturn.FLUSHING):
+                # The media went away between our look and our push (a client left): not an error.
+                log.debug("%s: push-buffer returned %s", self.what, ret)
+        self.counters["frames"] += 1
+
+    def close(self) -> None:
+        if self._closed or self._server is None:
+            return
+        self._closed = True
+        with self._lock:
+            srcs, self._appsrcs = list(self._appsrcs), []
+        for src in srcs:
+            src.emit("end-of-stream")
+        server, ctx, RS = self._server, self._ctx, self._RS
+        done = threading.Event()
+
+        def shutdown() -> bool:
+            server.client_filter(lambda s, c, *a: RS.RTSPFilterResult.REMOVE)
+            source = ctx.find_source_by_id(self._source_id)
+            if source is not None:
+                source.destroy()
+            done.set()
+            return False
+
+        ctx.invoke_full(self._GLib.PRIORITY_DEFAULT, shutdown)
+        done.wait(5)
+        self._loop.quit()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        if not done.is_set():
+            raise SinkError(f"{self.what}: the server did not stop cleanly")
+
+    def describe(self) -> dict[str, Any]:
+        return {"uri": self.uri.text, "kind": "rtsp", "url": self.url, "port": self.port, "path": self.path,
+                "codec": self.options.output_codec}
+
+
+SINKS.add("rtsp", RtspSink)
+
+__all__ = ["RtspSink"]

@@ -1,0 +1,188 @@
+"""``rtsp://host:port/path`` client (a Blueye drone: ``rtsp://192.168.1.101:8554/test``; IP cameras).
+
+Two receivers (``--input-receiver``): ``gstreamer`` (``rtspsrc latency=MS protocols=tcp|udp !
+rtph264depay ! avdec_h264 ! appsink``) and ``pyav`` (libavformat's RTSP client, whose H.264 parser
+holds each frame until the next one starts). ``auto`` takes the first installed of
+:data:`AUTO_ORDER` (measured: docs/runtime.md, "Receive latency").
+
+Options: ``transport`` (``tcp``, the default, survives lossy links and NAT; ``udp``),
+``latency_ms`` (the jitter buffer; 0 = show each frame as soon as it is complete), ``timeout_s``.
+
+The server going away (the vehicle powered off, the tether cut) is :class:`SourceLost`: PyAV's
+demuxer ends as at the end of a file or times out; GStreamer posts an error or end-of-stream on
+the bus, or frames simply stop. A server not there (yet) at ``open()`` is :class:`SourceLost`
+too, so the pipeline keeps retrying until the vehicle is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from ._common import Conditioner, av_errors, RgbConverter, live_decoder
+from ._deps import gst_available, need_av, one_line
+from .base import SOURCES, Frame, SourceLost, StreamError, Uri, VideoOptions
+from .gst_source import APPSINK, GstSource, quote
+from .rtp_source import options_from_query
+
+log = logging.getLogger(__name__)
+
+#: ``--input-receiver auto``: the first of these that is installed (lowest measured latency first).
+AUTO_ORDER = ("gstreamer", "pyav")
+
+
+def _url(uri: Uri) -> str:
+    """The URL without our own ``?codec=``/``?receiver=`` options (a camera's own query stays)."""
+    text = uri.text
+    if "?" not in text:
+        return text
+    base, _, query = text.partition("?")
+    keep = [kv for kv in query.split("&") if kv.split("=", 1)[0] not in ("codec", "receiver", "payload")]
+    return base + ("?" + "&".join(keep) if keep else "")
+
+
+class GstRtspSource(GstSource):
+    """``rtspsrc ! depay ! avdec ! appsink``."""
+
+    def __init__(self, uri: Uri, options: VideoOptions):
+        super().__init__(uri, options)
+        self.url = _url(uri)
+        self.what = f"rtsp source {self.url} (GStreamer)"
+        c = options.codec
+        self._depay, self._dec = ("rtph264depay", "avdec_h264") if c == "h264" else ("rtph265depay", "avdec_h265")
+        self.elements = ("rtspsrc", self._depay, self._dec, "videoconvert", "videoscale", "appsink")
+        self.data_element = "depay"
+
+    def description(self) -> str:
+        o = self.options
+        tcp_timeout = int(o.timeout_s * 1e6)
+        return (f"rtspsrc location={quote(self.url)} latency={o.latency_ms} protocols={o.transport} "
+                f"drop-on-latency=true tcp-timeout={tcp_timeout} timeout={tcp_timeout} ! "
+                f"{self._depay} name=depay ! {self._dec} ! {self.scale()}{APPSINK}")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "kind": "rtsp", "url": self.url, "transport": self.options.transport,
+                "latency_ms": self.options.latency_ms}
+
+
+class PyavRtspSource:
+    """libavformat's RTSP client through PyAV."""
+
+    live = True
+
+    def __init__(self, uri: Uri, options: VideoOptions):
+        self.uri = uri
+        self.options = options
+        self.url = _url(uri)
+        self.what = f"rtsp source {self.url} (PyAV)"
+        self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
+        self._cond = Conditioner(options, True, self.counters, resize=False)
+        self._rgb = RgbConverter(options)
+        self._container: Any = None
+        self._packets: Any = None
+        self._ready: deque[Any] = deque()
+        self._index = 0
+
+    def open(self) -> None:
+        av = need_av(self.what)
+        self._av = av
+        self._errors = av_errors(av)
+        o = self.options
+        opts = {"rtsp_transport": o.transport, "fflags": "nobuffer", "flags": "low_delay",
+                "max_delay": str(o.latency_ms * 1000), "reorder_queue_size": "0" if o.latency_ms == 0 else "64",
+                "probesize": "65536", "analyzeduration": "1000000"}
+        t = o.timeout_s
+        try:
+            self._container = av.open(self.url, options=opts, timeout=(t, t))
+        except av.error.ExitError:
+            raise SourceLost(f"{self.what}: no answer within {t:g} s") from None
+        except (OSError, av.error.FFmpegError) as e:
+            # Refused, unreachable, 404 (the stream may not be mounted yet): the pipeline retries.
+            raise SourceLost(f"{self.what}: {one_line(e)}") from None
+        if not self._container.streams.video:
+            self.close()
+            raise StreamError(f"{self.what}: the server offers no video stream")
+        stream = self._container.streams.video[0]
+        live_decoder(stream.codec_context)
+        self._packets = self._container.demux(stream)
+        self._cond.reset()
+
+    def read(self) -> Frame | None:
+        if self._container is None:
+            raise StreamError(f"{self.what}: read() before open()")
+        pending = self._cond.pending()
+        if pending is not None:
+            return pending
+        while True:
+            while self._ready:
+                vf = self._ready.popleft()
+                frame = self._cond.admit(lambda pts: self._frame(vf), time.monotonic())
+                if frame is not None:
+                    return frame
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                raise SourceLost(f"{self.what}: the server ended the stream") from None
+            except self._av.error.ExitError:
+                raise SourceLost(f"{self.what}: no data for {self.options.timeout_s:g} s") from None
+            except self._errors:
+                self.counters["corrupt"] += 1
+                continue
+            except (OSError, self._av.error.FFmpegError) as e:
+                raise SourceLost(f"{self.what}: {one_line(e)}") from None
+            if packet.size == 0:
+                continue
+            try:
+                self._ready.extend(packet.decode())
+            except self._errors:
+                self.counters["corrupt"] += 1
+
+    def _frame(self, vf: Any) -> Frame:
+        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
+        self._index += 1
+        self.counters["frames"] += 1
+        return frame
+
+    def close(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # a dead connection may fail its TEARDOWN: nothing to do about it
+                pass
+        self._container = self._packets = None
+        self._ready.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {"uri": self.uri.text, "kind": "rtsp", "live": True, "receiver": "pyav", "url": self.url,
+                "transport": self.options.transport, "latency_ms": self.options.latency_ms}
+
+
+RECEIVER_CLASSES = {"gstreamer": GstRtspSource, "pyav": PyavRtspSource}
+
+
+def pick_receiver(name: str, codec: str = "h264") -> str:
+    if name == "packets":
+        raise StreamError("--input-receiver packets is for rtp:// inputs; use auto, gstreamer or pyav for rtsp://")
+    if name != "auto":
+        return name
+    dec = ("rtph264depay", "avdec_h264") if codec == "h264" else ("rtph265depay", "avdec_h265")
+    for candidate in AUTO_ORDER:
+        if candidate == "gstreamer" and not gst_available("rtspsrc", *dec, "appsink"):
+            continue
+        return candidate
+    return "pyav"  # its open() says to install PyAV when it is missing too
+
+
+def rtsp_source(uri: Uri, options: VideoOptions) -> Any:
+    if uri.listen:
+        raise StreamError(f"{uri.text}: an rtsp:// input connects to a server: give its address, "
+                          f"e.g. rtsp://192.168.1.101:8554/test (rtsp://@:PORT/name is an output)")
+    options = options_from_query(uri, options)
+    return RECEIVER_CLASSES[pick_receiver(options.receiver, options.codec)](uri, options)
+
+
+SOURCES.add("rtsp", rtsp_source)
+
+__all__ = ["AUTO_ORDER", "GstRtspSource", "PyavRtspSource", "pick_receiver", "rtsp_source"]

@@ -1,0 +1,203 @@
+"""RTSP on loopback, for real: the Blueye side (our client against a gst-rtsp-server that goes
+away and comes back) and our own RTSP server sink (players connect to it)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+from streams import HAVE_RTSP_SERVER, RtspServer, looks_like_ball, StreamReceiver, free_tcp_port, keyframe_gaps, requires_rtsp_server, synth_frame
+
+from hbl_edge.runtime.video import Frame, SourceLost, StreamError, VideoOptions, open_sink, open_source
+from hbl_edge.runtime.video.stamp import read_stamp
+
+RECEIVERS = [pytest.param("gstreamer", marks=requires_rtsp_server), pytest.param("pyav", marks=requires_rtsp_server)]
+
+
+def read_until_lost(src, limit: float = 6.0) -> float:
+    """Read until SourceLost; returns how long it took."""
+    t = time.monotonic()
+    with pytest.raises(SourceLost):
+        while time.monotonic() - t < limit:
+            src.read()
+    return time.monotonic() - t
+
+
+class TestRtspSource:
+    @pytest.mark.parametrize("transport", ["tcp", "udp"])
+    @pytest.mark.parametrize("receiver", RECEIVERS)
+    def test_blueye_server_goes_away_and_comes_back(self, receiver, transport):
+        with RtspServer() as server:
+            src = open_source(server.url, VideoOptions(receiver=receiver, transport=transport, timeout_s=1.0))
+            assert src.describe()["receiver"] == receiver
+            src.open()
+            frames = [src.read() for _ in range(10)]
+            assert frames[0].image.shape == (240, 320, 3) and [f.index for f in frames] == list(range(10))
+            assert all(looks_like_ball(f.image) for f in frames)
+            server.stop()  # the vehicle powers off: clients dropped, port closed
+            assert read_until_lost(src) < 1.0 + 1.5
+            src.close()
+            before = src.counters["frames"]  # 10, or a frame more that was on its way
+            with pytest.raises(SourceLost):  # still down: the pipeline backs off and retries
+                src.open()
+                src.read()
+            src.close()
+            server.start()  # same port
+            src.open()
+            again = [src.read() for _ in range(5)]
+            src.close()
+        assert again[0].index == before and src.counters["frames"] == before + 5
+        assert all(looks_like_ball(f.image) for f in again)
+
+    @requires_rtsp_server
+    def test_gstreamer_receiver_takes_parameter_sets_before_every_slice(self):
+        """Many gst-rtsp-server cameras repeat SPS/PPS before every slice of a keyframe
+        (config-interval=-1 with a sliced encoder); the default receiver must decode that intact."""
+        with RtspServer(config_interval=-1) as server:
+            src = open_source(server.url)
+            assert src.describe()["receiver"] == "gstreamer"
+            src.open()
+            frames = [src.read() for _ in range(40)]
+            src.close()
+        assert all(looks_like_ball(f.image) for f in frames)
+
+    @requires_rtsp_server
+    def test_latency_option_and_wrong_path(self):
+        with RtspServer(path="/test") as server:
+            src = open_source(server.url.replace("/test", "/nothing"), VideoOptions(receiver="gstreamer", timeout_s=1.0))
+            with pytest.raises(SourceLost, match="(?i)not found"):
+                src.open()
+                src.read()
+            src.close()
+            src = open_source(server.url, VideoOptions(receiver="gstreamer", latency_ms=200))
+            assert "latency=200" in src.description() and "protocols=tcp" in src.description()
+            src.open()
+            assert src.read().image.shape == (240, 320, 3)
+            src.close()
+
+    def test_no_server_is_source_lost(self):
+        port = free_tcp_port()
+        for receiver in ("pyav",) + (("gstreamer",) if HAVE_RTSP_SERVER else ()):
+            src = open_source(f"rtsp://127.0.0.1:{port}/test", VideoOptions(receiver=receiver, timeout_s=1.0))
+            with pytest.raises(SourceLost):
+                src.open()
+                src.read()
+            src.close()
+
+
+def feed(sink, frames: int, fps: float = 30, start: int = 0) -> None:
+    t0 = time.monotonic()
+    for i in range(start, start + frames):
+        delay = t0 + (i - start) / fps - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        sink.write(Frame(synth_frame(i, stamp=True), i))
+
+
+@requires_rtsp_server
+class TestRtspSink:
+    def test_players_connect_and_get_the_stream(self):
+        port = free_tcp_port()
+        sink = open_sink(f"rtsp://127.0.0.1:{port}/enhanced")
+        sink.start()
+        assert sink.describe()["url"] == f"rtsp://127.0.0.1:{port}/enhanced"
+        feed(sink, 5)  # nobody watches yet
+        assert sink.counters["idle_frames"] == 5
+        writer = threading.Thread(target=feed, args=(sink, 90), kwargs={"start": 5})
+        writer.start()
+        ours = open_source(f"rtsp://127.0.0.1:{port}/enhanced", VideoOptions(receiver="gstreamer"))
+        ours.open()
+        rx = StreamReceiver(f"rtsp://127.0.0.1:{port}/enhanced", stamped=True)  # a second player, libavformat
+        got = [ours.read() for _ in range(30)]
+        writer.join()
+        rx.stop()
+        ours.close()
+        sink.close()
+        stamps = [read_stamp(f.image) for f in got]
+        assert stamps == list(range(stamps[0], stamps[0] + 30))
+        # whole pictures, not only the stamp band: compare with what was sent
+        assert max(float(np.abs(f.image.astype(int) - synth_frame(s, stamp=True)).mean()) for f, s in
+                   zip(got, stamps)) < 8
+        theirs = [f.stamp for f in rx.frames]
+        assert len(theirs) >= 20 and theirs == list(range(theirs[0], theirs[0] + len(theirs)))
+        assert max(keyframe_gaps(rx.frames)) <= 1.0 + 0.05
+        assert sink.counters["clients"] == 2
+
+    def test_port_in_use_is_a_stream_error(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            port = s.getsockname()[1]
+            with pytest.raises(StreamError, match=f"tcp port {port} is already in use"):
+                open_sink(f"rtsp://127.0.0.1:{port}/x").start()
+
+    def test_close_is_prompt_with_a_client_connected(self):
+        port = free_tcp_port()
+        sink = open_sink(f"rtsp://127.0.0.1:{port}/x")
+        sink.start()
+        writer = threading.Thread(target=feed, args=(sink, 30))
+        writer.start()
+        src = open_source(f"rtsp://127.0.0.1:{port}/x", VideoOptions(receiver="gstreamer", timeout_s=1.0))
+        src.open()
+        src.read()
+        writer.join()
+        t = time.monotonic()
+        sink.close()
+        assert time.monotonic() - t < 2.0
+        assert read_until_lost(src) < 2.5  # the player sees the server go
+        src.close()
+        sink.close()  # twice is fine
+
+
+def test_without_gstreamer_the_errors_say_what_to_install(tmp_path):
+    """gi made unimportable in a subprocess: RTSP serving and the GStreamer receivers fail in one
+    line naming the packages; the RTSP client falls back to PyAV."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["gi"] = None  # import gi → ImportError
+        from hbl_edge.runtime.video import StreamError, VideoOptions, open_sink, open_source
+        for make in (lambda: open_sink("rtsp://127.0.0.1:8554/x").start(),
+                     lambda: open_source("rtp://127.0.0.1:5600", VideoOptions(receiver="gstreamer")).open()):
+            try:
+                make()
+            except StreamError as e:
+                print("ERR", e)
+        print("AUTO", open_source("rtsp://127.0.0.1:8554/x").describe()["receiver"])
+        print("AUTO", open_source("rtp://127.0.0.1:5600").describe()["receiver"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    lines = out.stdout.splitlines()
+    errors = [line for line in lines if line.startswith("ERR")]
+    assert len(errors) == 2, out.stdout + out.stderr
+    for line in errors:
+        assert "apt-get install" in line and "gir1.2-gst-rtsp-server-1.0" in line and 'pygobject<3.51' in line
+    assert lines[-2:] == ["AUTO pyav", "AUTO packets"]
+
+
+@requires_rtsp_server
+def test_without_pyav_rtp_falls_back_to_gstreamer_and_files_say_what_to_install(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["av"] = None
+        from hbl_edge.runtime.video import StreamError, open_source
+        print("AUTO", open_source("rtp://127.0.0.1:5600").describe()["receiver"])
+        try:
+            open_source({str(tmp_path / 'x.mp4')!r}).open()
+        except StreamError as e:
+            print("ERR", e)
+    """)
+    (tmp_path / "x.mp4").write_bytes(b"0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.splitlines() == [
+        "AUTO gstreamer",
+        f"ERR video file {tmp_path / 'x.mp4'} needs PyAV, which is not installed: install PyAV (pip install av, "
+        "or pip install 'hbl-edge[video]')"], out.stderr
