@@ -106,6 +106,9 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, progress: Progress | 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         record_processes(out / "config.json", {**asdict(cfg), "versions": versions()}, dist, resume)
+    if "A" in cfg.stage_list and cfg.latency_budget is not None and not (out / OUTPUTS["A"]).exists():
+        # a budget the space cannot meet is an error now, not after the training (DESIGN §3)
+        dist.on_main(lambda: _check_reachable(cfg, _latency_model(cfg, out)))
     result = SearchResult(out=out)
     stages = {"L": _stage_l, "A": _stage_a, "T": _stage_t}
     try:
@@ -299,26 +302,51 @@ def _latency_model(cfg: SearchConfig, out: Path):
         model = load_latency_model(cfg.device, cfg.resolution, cfg.space, cfg.channels)
         model.table.save(cached)
     log.info("stage A latency model: %s", model.label)
-    floor = _fastest_possible_ms(model, cfg)
-    if floor > cfg.latency_budget:
-        log.warning("the latency budget %.1f ms is below the fastest network this space allows (%.1f ms, %s); "
-                    "the search will trade quality for speed but cannot meet it: raise --latency-budget, "
-                    "lower --resolution, or use --space edge", cfg.latency_budget, floor, model.label)
     return model
 
 
-def _fastest_possible_ms(model, cfg: SearchConfig) -> float:
-    """LAT of the genotype with the cheapest op on every edge (one-hot α at each row's minimum)."""
-    with torch.no_grad():
-        alpha = {
-            name: torch.where(torch.isfinite(t) & mask, -t, torch.tensor(-1e9, dtype=t.dtype)).expand(shape) * 1e4
-            for name, t, mask, shape in (
-                ("alpha_encoder", model.t_encoder, model.m_encoder, model.t_encoder.shape),
-                ("alpha_decoder", model.t_decoder, model.m_decoder, model.t_decoder.shape),
-                ("alpha_hnu", model.t_hnu, model.m_hnu, (cfg.units, *model.t_hnu.shape)),
-            )
-        }
-        return float(model.expected(alpha))
+def _local_target(cfg: SearchConfig) -> bool:
+    """Whether the target device is this machine (so a network can be measured on it here)."""
+    if cfg.device == "cpu":
+        return True
+    return cfg.device == "cuda" and torch.cuda.is_available()
+
+
+def _measurer(cfg: SearchConfig, model) -> Callable[[Any], float] | None:
+    """The independent measurement of a genotype on the target (None when it is not this machine)."""
+    if not _local_target(cfg):
+        return None
+    from .deployed import measure_network
+
+    settings = model.table.settings or {}
+    threads, spinning = settings.get("threads"), settings.get("allow_spinning")
+    # As deployed, and not with the profiler's harness: a fresh runner per round, consecutive
+    # runs after a warm-up, with the threads and spinning the table was made for.
+    return lambda g: measure_network(g, cfg.backend, cfg.resolution, device=cfg.device, repeats=15, warmup=3,
+                                     rounds=2, threads=threads, allow_spinning=spinning)
+
+
+def _check_reachable(cfg: SearchConfig, model) -> dict[str, Any]:
+    """Raise :class:`BudgetError` when the fastest network of the space is over the budget.
+
+    The floor is the genotype with the model's fastest op on every edge; on a local target it
+    is also measured, since the promise is about the measurement.
+    """
+    from .latency import random_genotype
+    from .repair import BudgetError, cheapest
+
+    floor_g = cheapest(random_genotype(cfg.space, cfg.channels, cfg.units, seed=0), model.predict, model.fcm, model.hnu)
+    predicted = model.predict(floor_g)
+    where = f"at {cfg.resolution[0]}x{cfg.resolution[1]} on {cfg.device} ({model.label})"
+    if predicted > cfg.latency_budget:
+        raise BudgetError(f"--latency-budget {cfg.latency_budget:g} ms is below the fastest network this space allows, "
+                          f"predicted {predicted:.2f} ms {where}: raise the budget, lower --resolution, or use --space edge")
+    measure = _measurer(cfg, model)
+    measured = measure(floor_g) if measure is not None else None
+    if measured is not None and measured > cfg.latency_budget:
+        raise BudgetError(f"--latency-budget {cfg.latency_budget:g} ms is below the fastest network this space allows, "
+                          f"measured {measured:.2f} ms {where}: raise the budget, lower --resolution, or use --space edge")
+    return {"floor_genotype": floor_g.summary(), "floor_predicted_ms": predicted, "floor_measured_ms": measured}
 
 
 def _read_loss_spec(out: Path):
@@ -374,15 +402,14 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
     net = net.cpu()  # plots and the saved α read it on the CPU
     if report.capped:
         log.warning("stage A: skip-connection collapse guard replaced %d edge(s): %s", len(report.replaced), report.summary())
-    genotype.save(out / "genotype.json")
-    result: dict[str, Any] = {"genotype": genotype.summary(), "derivation": report.to_dict()}
+    result: dict[str, Any] = {"derivation": report.to_dict()}
     if lat_model is not None:
-        result["latency"] = _latency_report(cfg, lat_model, genotype)
-        if result["latency"]["predicted_ms"] > cfg.latency_budget:
-            log.warning("the derived network is predicted at %.1f ms, over the %.1f ms budget; for a harder "
-                        "constraint use --latency-form hinge (the budget as a constraint) or raise --latency-beta, "
-                        "or search the cheaper --space edge",
-                        result["latency"]["predicted_ms"], cfg.latency_budget)
+        argmax = genotype
+        genotype, result["latency"] = _keep_promise(cfg, lat_model, genotype, net)
+        if genotype != argmax:
+            argmax.save(out / "search" / "genotype_argmax.json")
+    result["genotype"] = genotype.summary()
+    genotype.save(out / "genotype.json")
     write_json(out / "search" / "report.json", result)
     from .plots import plot_alpha, plot_latency_vs_loss
 
@@ -392,27 +419,36 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
     return dist.on_main(lambda: result)
 
 
-def _latency_report(cfg: SearchConfig, lat_model, genotype) -> dict[str, Any]:
-    predicted = float(lat_model.predict(genotype))
-    rep: dict[str, Any] = {"predicted_ms": predicted, "budget_ms": cfg.latency_budget, "model": lat_model.label,
-                           "estimate": bool(lat_model.estimate), "resolution": list(cfg.resolution)}
-    if cfg.device in ("cpu", "cuda") and not cfg.latency_table:
-        from .deployed import measure_network
+def _keep_promise(cfg: SearchConfig, lat_model, genotype, alpha) -> tuple[Any, dict[str, Any]]:
+    """Measure the derived genotype on the target and repair it until it fits the budget.
 
-        # As deployed, and not with the profiler's harness: a fresh runner per round, consecutive
-        # runs after a warm-up, with the threads and spinning the table was made for.
+    Returns the (possibly changed) genotype and the latency report: predicted and measured ms
+    of the final network, the argmax network's, and every change (:mod:`hbl_edge.search.repair`).
+    """
+    from .repair import repair
+
+    measure = _measurer(cfg, lat_model)
+    fixed = repair(genotype, alpha, lat_model.predict, cfg.latency_budget, lat_model.fcm, lat_model.hnu, measure=measure)
+    final = fixed.genotype
+    predicted = fixed.predicted_ms
+    rep: dict[str, Any] = {"predicted_ms": predicted, "budget_ms": cfg.latency_budget, "model": lat_model.label,
+                           "estimate": bool(lat_model.estimate), "resolution": list(cfg.resolution),
+                           "argmax": fixed.rounds[0], "repair": fixed.to_dict()}
+    if measure is not None:
         settings = lat_model.table.settings or {}
-        threads, spinning = settings.get("threads"), settings.get("allow_spinning")
-        measured = measure_network(genotype, cfg.backend, cfg.resolution, device=cfg.device, repeats=15, warmup=3,
-                                   rounds=2, threads=threads, allow_spinning=spinning)
+        measured = fixed.measured_ms
         rep.update(measured_ms=measured, error_pct=100.0 * (predicted - measured) / measured,
                    measured_by="hbl_edge.search.deployed (deployed runner, 3 warm-up + 15 consecutive runs, 2 rounds)",
-                   threads=threads, allow_spinning=spinning)
-        log.info("derived network: predicted %.1f ms, measured %.1f ms (%s)", predicted, measured, cfg.backend)
+                   threads=settings.get("threads"), allow_spinning=settings.get("allow_spinning"))
+        log.info("derived network: predicted %.1f ms, measured %.1f ms (%s), budget %.1f ms, %d change(s)",
+                 predicted, measured, cfg.backend, cfg.latency_budget, len(fixed.changes))
     else:
         rep["measured_ms"] = None
-        rep["why_not_measured"] = f"the target {cfg.device!r} is not this machine; run `hbl-edge bench` there"
-    return rep
+        rep["why_not_measured"] = (f"the target {cfg.device!r} is not this machine: the repair held the prediction to "
+                                   "the budget; measure it there with `hbl-edge bench`")
+    for c in fixed.changes:
+        log.info("repair: %s %s → %s (α-weight %.3f for %.2f ms)", c.where, c.old, c.new, c.alpha_lost, c.ms_saved)
+    return final, rep
 
 
 # ------------------------------------------------------------------------------------------
