@@ -572,6 +572,12 @@ def search(
     latency_mu: float = typer.Option(0.1, help="μ of the additive form"),
     resolution: str = typer.Option("1280x720", help="WxH the budget refers to"),
     space: str = typer.Option("paper", help="search space: paper | edge"),
+    macro: Optional[str] = typer.Option(None, help="edge: also search the edge macro-architecture (scale, widths, units, refinement; needs --latency-budget)"),
+    macro_scales: str = typer.Option("2,4,8", help="--macro edge: scales s the maps are estimated at"),
+    macro_widths: str = typer.Option("8/16,16/32", help="--macro edge: C1/C2 widths of the inner network"),
+    macro_units: str = typer.Option("1,3", help="--macro edge: HNU counts"),
+    macro_refine: str = typer.Option("none,conv_3x3", help="--macro edge: refinement branches (none, or ops joined by +)"),
+    macro_steps: int = typer.Option(0, help="--macro edge: short stage-A steps per candidate (0: steps-a / 4)"),
     hnu_norm: str = typer.Option("edge", help="HNU edges: one BatchNorm per edge (edge, the reference's) or per candidate op (candidate, DARTS)"),
     objective: str = typer.Option("critic", help="stage-L upper objective: critic | fidelity"),
     critic: Optional[Path] = typer.Option(None, help="a quality critic (safetensors) instead of training one"),
@@ -607,6 +613,16 @@ def search(
         vgg_weights=str(vgg_weights) if vgg_weights else None, lpips_weights=str(lpips_weights) if lpips_weights else None,
         lpips_net=lpips_net, hnu_norm=hnu_norm, lower_step=lower_step,
     )
+    if macro is not None:
+        from .search.macro import parse_refine, parse_widths
+
+        try:
+            cfg.macro_scales = tuple(int(v) for v in macro_scales.split(",") if v.strip())
+            cfg.macro_units = tuple(int(v) for v in macro_units.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError("--macro-scales and --macro-units take integers separated by commas, e.g. 2,4,8") from None
+        cfg.macro, cfg.macro_widths, cfg.macro_refine = macro, parse_widths(macro_widths), parse_refine(macro_refine)
+        cfg.macro_steps = macro_steps
     if quick:
         for k, v in quick_overrides().items():
             setattr(cfg, k, v)

@@ -108,7 +108,10 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, progress: Progress | 
         record_processes(out / "config.json", {**asdict(cfg), "versions": versions()}, dist, resume)
     if "A" in cfg.stage_list and cfg.latency_budget is not None and not (out / OUTPUTS["A"]).exists():
         # a budget the space cannot meet is an error now, not after the training (DESIGN §3)
-        dist.on_main(lambda: _check_reachable(cfg, _latency_model(cfg, out)))
+        if cfg.macro:
+            dist.on_main(lambda: _check_reachable_macro(cfg, _edge_models(cfg, out)))
+        else:
+            dist.on_main(lambda: _check_reachable(cfg, _latency_model(cfg, out)))
     result = SearchResult(out=out)
     stages = {"L": _stage_l, "A": _stage_a, "T": _stage_t}
     try:
@@ -349,6 +352,114 @@ def _check_reachable(cfg: SearchConfig, model) -> dict[str, Any]:
     return {"floor_genotype": floor_g.summary(), "floor_predicted_ms": predicted, "floor_measured_ms": measured}
 
 
+def _candidates(cfg: SearchConfig):
+    from .macro import grid
+
+    return grid(cfg.macro_scales, cfg.macro_widths, cfg.macro_units, cfg.macro_refine)
+
+
+def _edge_models(cfg: SearchConfig, out: Path) -> dict:
+    """Latency models of every macro candidate (profiled here once, cached in ``RUN/latency/``)."""
+    from .macro import edge_models
+
+    return edge_models(_candidates(cfg), cfg.task, cfg.space, cfg.resolution, out / "latency", device=cfg.device,
+                       backend=cfg.backend, threads=cfg.latency_threads, spinning=cfg.latency_spinning, quick=cfg.quick)
+
+
+def _check_reachable_macro(cfg: SearchConfig, models: dict) -> dict[str, Any]:
+    """:func:`_check_reachable` over the macro grid: the floor is the fastest candidate's fastest network."""
+    from .macro import floor_genotype
+    from .repair import BudgetError
+
+    floors = {c: floor_genotype(c, cfg.task, cfg.space, m) for c, m in models.items()}
+    best = min(floors, key=lambda c: models[c].predict(floors[c]))
+    predicted = models[best].predict(floors[best])
+    where = f"at {cfg.resolution[0]}x{cfg.resolution[1]} on {cfg.device}"
+    if predicted > cfg.latency_budget:
+        raise BudgetError(f"--latency-budget {cfg.latency_budget:g} ms is below the fastest edge network of the macro "
+                          f"grid ({best.name}), predicted {predicted:.2f} ms {where}: raise the budget, lower "
+                          "--resolution, or add a larger --macro-scales")
+    measured = _measurer(cfg, models[best])(floors[best])
+    if measured > cfg.latency_budget:
+        raise BudgetError(f"--latency-budget {cfg.latency_budget:g} ms is below the fastest edge network of the macro "
+                          f"grid ({best.name}), measured {measured:.2f} ms {where}: raise the budget, lower "
+                          "--resolution, or add a larger --macro-scales")
+    return {"floor": best.name, "floor_predicted_ms": predicted, "floor_measured_ms": measured}
+
+
+def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, dist: DistContext):
+    """The outer sweep of :mod:`hbl_edge.search.macro`: a short stage A per feasible candidate.
+
+    Returns the winning candidate. Every candidate's row (latency floor, score, derived
+    genotype and its predicted ms) is in ``RUN/search/macro.json``, written after each one.
+    """
+    from ..runio import read_json
+    from .latency import OBJECTIVES as LATENCY_OBJECTIVES
+    from .macro import Candidate, EdgeSupernet, derive_edge, floor_genotype
+    path = out / "search" / "macro.json"
+    done = read_json(path, ConfigError, "macro sweep")["candidates"] if path.exists() else []
+    rows = {Candidate.from_dict(r["candidate"]): r for r in done}
+    steps = cfg.macro_steps or max(cfg.steps_a // 4, 4)
+    budget = cfg.latency_budget
+    for cand, model in models.items():
+        if cand in rows:
+            continue
+        if flag.stop:
+            raise Interrupted
+        floor = model.predict(floor_genotype(cand, cfg.task, cfg.space, model))
+        row: dict[str, Any] = {"candidate": cand.to_dict(), "name": cand.name, "floor_predicted_ms": floor}
+        if floor > budget:
+            row.update(feasible=False, why="its fastest network is predicted over the budget")
+        else:
+            torch.manual_seed(cfg.seed + 1)
+            net = EdgeSupernet(cand.macro(cfg.task), cfg.space, cand.channels, cand.units, seed=cfg.seed + 1,
+                               hnu_norm=cfg.hnu_norm)
+            net = place(net, dist).train()
+            w_opt, u_opt = make_optimizers(cfg, net, list(net.arch_parameters()))
+            state = BilevelState(net, list(net.arch_parameters()), w_opt, u_opt)
+            lower, upper = _samplers(cfg, seed_offset=1, dist=dist)
+            first = place_batch(lower.batch(0), dist)
+            net.init_from_data(*first)
+
+            def objective(pred, target, net=net, model=model):
+                loss = criterion(pred, target)[0]
+                return LATENCY_OBJECTIVES[cfg.latency_form](loss, model.expected(net).to(loss.dtype), budget,
+                                                            cfg.latency_mu if cfg.latency_form == "additive" else cfg.latency_beta)
+
+            t0 = time.perf_counter()
+            for step in range(steps):
+                bilevel_step(state, order=cfg.order, lower_batch=place_batch(lower.batch(step), dist),
+                             upper_batch=place_batch(upper.batch(step), dist), lower_loss=criterion,
+                             upper_objective=objective, clip=cfg.w_clip, dist=dist, lower_step=cfg.lower_step)
+            with torch.no_grad():  # quality alone, on validation batches the search did not step on
+                score = float(sum(criterion(net(b[0]), b[1])[0] for b in
+                                  (place_batch(upper.batch(100_000 + k), dist) for k in range(4))) / 4)
+            g, _ = derive_edge(net.cpu(), cfg.max_parameter_free_per_unit)
+            predicted = model.predict(g)
+            row.update(feasible=True, score=score, steps=steps, seconds=time.perf_counter() - t0,
+                       derived=g.summary(), derived_predicted_ms=predicted)
+            if predicted > budget:  # what the repair would leave (by the model): the price of fitting
+                from .repair import repair as _repair
+
+                fixed = _repair(g, net, model.predict, budget, model.fcm, model.hnu, measure=None)
+                row.update(repaired=fixed.genotype.summary(), repaired_predicted_ms=fixed.predicted_ms,
+                           repair_changes=len(fixed.changes))
+            log.info("macro sweep: %s score %.4f, derived %.1f ms (budget %.1f)", cand.name, score, predicted, budget)
+        rows[cand] = row
+        if dist.is_main:
+            write_json(path, {"budget_ms": budget, "steps": steps, "candidates": list(rows.values())})
+    feasible = [c for c, r in rows.items() if r.get("feasible")]
+    if not feasible:
+        raise ConfigError(f"no macro candidate can meet the {budget:g} ms budget (see {path})")
+    win = min(feasible, key=lambda c: rows[c]["score"])
+    if dist.is_main:
+        write_json(path, {"budget_ms": budget, "steps": steps, "candidates": list(rows.values()), "chosen": win.to_dict(),
+                          "chosen_name": win.name,
+                          "rule": "lowest λ* loss on 4 validation batches after the short search, among candidates "
+                                  "whose fastest network is predicted within the budget"})
+    return win
+
+
 def _read_loss_spec(out: Path):
     if not (out / "loss.json").exists():
         raise ConfigError(f"stage A needs {out / 'loss.json'}: run stage L first, or write one (e.g. {{\"format\": \"hbl-loss/1\", \"terms\": {{\"l1\": 1}}}})")
@@ -362,13 +473,27 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
     spec = dist.on_main(lambda: _read_loss_spec(out))
     criterion = build_loss(spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
                            lpips_net=cfg.lpips_net).to(dist.device)
-    lat_model = dist.on_main(lambda: _latency_model(cfg, out))  # profiled once, on rank 0
-    net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed + 1, hnu_norm=cfg.hnu_norm)
+    derive_fn: Callable[..., Any] = derive
+    if cfg.macro:  # the outer sweep picks scale, widths, units and refinement; the search below its ops
+        from .macro import EdgeSupernet, derive_edge
+
+        models = dist.on_main(lambda: _edge_models(cfg, out))  # profiled once, on rank 0
+        cand = _macro_sweep(cfg, out, criterion, models, flag, dist)
+        lat_model = models[cand]
+        torch.manual_seed(cfg.seed + 1)
+        net = EdgeSupernet(cand.macro(cfg.task), cfg.space, cand.channels, cand.units, seed=cfg.seed + 1,
+                           hnu_norm=cfg.hnu_norm)
+        derive_fn = derive_edge
+    else:
+        lat_model = dist.on_main(lambda: _latency_model(cfg, out))  # profiled once, on rank 0
+        net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed + 1, hnu_norm=cfg.hnu_norm)
     net = place(net, dist).train()
     upper_vars = list(net.arch_parameters())
     w_opt, u_opt = make_optimizers(cfg, net, upper_vars)
     state = BilevelState(net, upper_vars, w_opt, u_opt)
     lower, upper = _samplers(cfg, seed_offset=1, dist=dist)
+    if cfg.macro:
+        net.init_from_data(*place_batch(lower.batch(0), dist))  # a resumed run's checkpoint overrides it
     budget = cfg.latency_budget
 
     def objective(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -386,7 +511,7 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
             upper_batch=place_batch(upper.batch(step), dist),
             lower_loss=criterion, upper_objective=objective, clip=cfg.w_clip, dist=dist, lower_step=cfg.lower_step,
         )
-        genotype, report = derive(net, cfg.max_parameter_free_per_unit)
+        genotype, report = derive_fn(net, cfg.max_parameter_free_per_unit)
         rec["genotype"] = genotype.summary()
         rec["parameter_free"] = report.parameter_free_argmax
         if lat_model is not None:
@@ -396,7 +521,7 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
         return rec
 
     _run_bilevel("A", cfg, out, state, cfg.steps_a, step_fn, progress, flag, dist=dist)
-    genotype, report = derive(net, cfg.max_parameter_free_per_unit)
+    genotype, report = derive_fn(net, cfg.max_parameter_free_per_unit)
     if not dist.is_main:  # rank 0 measures, reports and writes; the others get its result
         return dist.on_main(lambda: None)
     net = net.cpu()  # plots and the saved α read it on the CPU
