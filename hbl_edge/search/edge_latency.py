@@ -235,3 +235,33 @@ def is_edge_model_file(path: str | Path) -> bool:
 
 __all__ = ["EdgeLatencyModel", "core_genotype", "empty_network", "is_edge_model_file", "low_resolution",
            "macro_key", "measure_parts", "shell_network"]
+
+
+def profile_edge(
+    genotype: GenotypeLike, resolution: Sequence[int], *, device: str = "cpu", backend: str = "onnxruntime",
+    threads: int | None = None, allow_spinning: bool | None = None, repeats: int = 15, calibrate: int = 12,
+    out: str | Path | None = None, progress: Any = None,
+) -> EdgeLatencyModel:
+    """The edge latency model for a genotype's shape: its inner table profiled at 1/s (with
+    calibration) and its full-resolution parts (and the refinement-off twin) measured."""
+    from ..errors import ConfigError
+    from .profiler import profile
+
+    g = load_genotype(genotype)
+    if g.macro is None:
+        raise ConfigError("--edge takes an edge genotype (hbl-genotype/2, with a macro section)")
+    if backend != "onnxruntime":
+        raise ConfigError("the edge parts are measured with onnxruntime: use --backend onnxruntime")
+    low = low_resolution(resolution, g.macro.scale)
+    table = profile(device, backend, low, g.space, g.channels, units=g.units, repeats=repeats, threads=threads,
+                    allow_spinning=allow_spinning, calibrate=calibrate, progress=progress)
+    macros = list(dict.fromkeys([g.macro, dataclasses.replace(g.macro, refine=())]))
+    parts = measure_parts(macros, resolution, device=device, threads=threads, allow_spinning=allow_spinning,
+                          repeats=repeats)
+    model = EdgeLatencyModel(LatencyModel(table), parts, g.macro, resolution)
+    if out is not None:
+        model.save(out)
+    return model
+
+
+__all__ += ["profile_edge"]
