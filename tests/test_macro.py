@@ -128,3 +128,25 @@ def test_macro_needs_a_budget():
         SearchConfig(macro="edge", stages="A").validate()
     with pytest.raises(ConfigError, match="--macro takes edge"):
         SearchConfig(macro="grid", latency_budget=5.0).validate()
+
+
+def test_genotype_latency_cli_prices_an_edge_genotype_with_an_edge_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from hbl_edge.cli import app
+
+    cand = Candidate(4, (4, 8), 1, ())
+    model = _edge_model(cand, part=0.7, part_off=0.7)
+    path = model.save(tmp_path / "edge_latency.json")
+    g = floor_genotype(cand, "lowlight", "edge", model)
+    gpath = g.save(tmp_path / "g.json")
+    res = CliRunner().invoke(app, ["genotype", "latency", str(gpath), "--latency-table", str(path)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    assert got["predicted_ms"] == pytest.approx(model.predict(g)) and got["full_resolution_part_ms"] == 0.7
+    assert got["low_resolution"] == [16, 12]
+    assert EdgeLatencyModel.load(path).predict(g) == pytest.approx(model.predict(g))
+    paper = tmp_path / "paper.json"
+    model.inner.table.save(paper)
+    res = CliRunner().invoke(app, ["genotype", "latency", str(gpath), "--latency-table", str(paper)])
+    assert res.exit_code == 2 and "profile --edge" in res.output
