@@ -108,10 +108,13 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, progress: Progress | 
         record_processes(out / "config.json", {**asdict(cfg), "versions": versions()}, dist, resume)
     if "A" in cfg.stage_list and cfg.latency_budget is not None and not (out / OUTPUTS["A"]).exists():
         # a budget the space cannot meet is an error now, not after the training (DESIGN §3)
-        if cfg.macro:
-            dist.on_main(lambda: _check_reachable_macro(cfg, _edge_models(cfg, out)))
-        else:
-            dist.on_main(lambda: _check_reachable(cfg, _latency_model(cfg, out)))
+        # rank 0 alone checks, and building candidate ops draws from the global RNG: keep every
+        # rank's stream where it was so ranks stay in step (and one process equals N)
+        with torch.random.fork_rng(devices=[]):
+            if cfg.macro:
+                dist.on_main(lambda: _check_reachable_macro(cfg, _edge_models(cfg, out)))
+            else:
+                dist.on_main(lambda: _check_reachable(cfg, _latency_model(cfg, out)))
     result = SearchResult(out=out)
     stages = {"L": _stage_l, "A": _stage_a, "T": _stage_t}
     try:
@@ -530,7 +533,8 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
     result: dict[str, Any] = {"derivation": report.to_dict()}
     if lat_model is not None:
         argmax = genotype
-        genotype, result["latency"] = _keep_promise(cfg, lat_model, genotype, net)
+        with torch.random.fork_rng(devices=[]):  # rank 0 only: leave the RNG stream as the other ranks have it
+            genotype, result["latency"] = _keep_promise(cfg, lat_model, genotype, net)
         if genotype != argmax:
             argmax.save(out / "search" / "genotype_argmax.json")
     result["genotype"] = genotype.summary()
