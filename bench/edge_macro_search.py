@@ -31,6 +31,8 @@ for p in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(p))
 
 RESOLUTION = (600, 400)
+#: bench/edge_quality.py's phase-1 low-light bundles (trained on real/lowlight/train), timed beside SCI
+PHASE1 = ("edge-lol-s8", "edge-lol-s8-r1", "edge-lol-s4", "edge-lol-s4-paper")
 GRID = dict(macro_scales=(4, 8), macro_widths=((8, 16),), macro_units=(1, 2), macro_refine=((),))
 
 
@@ -57,7 +59,8 @@ def cmd_prep(args: argparse.Namespace) -> None:
     from hbl_edge.search.macro import floor_genotype
 
     t0 = time.time()
-    timing = peers.run([], resolutions=(RESOLUTION,), threads=2, repeats=15, baselines=())
+    ours = [b for b in args.bundle if (Path(b) / "model.json").exists()]
+    timing = peers.run(ours, resolutions=(RESOLUTION,), threads=2, repeats=15, baselines=())
     sci = timing["latency"]["sci"][f"{RESOLUTION[0]}x{RESOLUTION[1]}"]["median_ms"]
     cfg = _cfg(args.out, sci, threads=2)
     load_before = peers.machine_load()
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prep")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--bundle", action="append", default=[f"runs/eq/lowlight_l1/{n}" for n in PHASE1],
+                   help="trained bundles timed beside the peers in the same run (default: the phase-1 low-light ones)")
     s = sub.add_parser("search")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--budget", type=float, default=None, help="ms (default: SCI's from the prep run)")
