@@ -556,13 +556,17 @@ def _keep_promise(cfg: SearchConfig, lat_model, genotype, alpha) -> tuple[Any, d
     """
     from .repair import repair
 
+    import os
+
     measure = _measurer(cfg, lat_model)
+    load_before = os.getloadavg()
     fixed = repair(genotype, alpha, lat_model.predict, cfg.latency_budget, lat_model.fcm, lat_model.hnu, measure=measure)
+    load = {"loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())}
     final = fixed.genotype
     predicted = fixed.predicted_ms
     rep: dict[str, Any] = {"predicted_ms": predicted, "budget_ms": cfg.latency_budget, "model": lat_model.label,
                            "estimate": bool(lat_model.estimate), "resolution": list(cfg.resolution),
-                           "argmax": fixed.rounds[0], "repair": fixed.to_dict()}
+                           "argmax": fixed.rounds[0], "repair": fixed.to_dict(), "machine_load": load}
     if measure is not None:
         settings = lat_model.table.settings or {}
         measured = fixed.measured_ms
