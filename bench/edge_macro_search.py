@@ -106,6 +106,8 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
     from hbl_edge.search.driver import _edge_models
     from hbl_edge.search.latency import random_genotype
 
+    ours = [b for b in args.bundle if (Path(b) / "model.json").exists()]
+    timing = peers.run(ours, resolutions=(RESOLUTION,), threads=2, repeats=15, baselines=()) if ours else None
     cfg = _cfg(args.out, 1e9, threads=2)
     models = _edge_models(cfg, Path(args.out))  # the cached tables of the prep run
     rng = random.Random(args.seed)
@@ -127,7 +129,8 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
                         "hbl_edge.search.deployed (export, BN folded, own session, 3 warm-up + 15 consecutive runs, 2 rounds)",
               "rows": rows, "mean_abs_error_pct": statistics.fmean(errs), "max_abs_error_pct": max(errs),
               "rms_error_pct": statistics.fmean(e * e for e in errs) ** 0.5,
-              "load": {"before": load_before, "after": peers.machine_load()}}
+              "load": {"before": load_before, "after": peers.machine_load()},
+              "peers_and_bundles": timing}
     write_json(args.json, result)
     for r in rows:
         print(f"{r['candidate']:24s} predicted {r['predicted_ms']:6.1f} ms measured {r['measured_ms']:6.1f} ms "
@@ -153,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--json", type=Path, default=ROOT / "bench/results/edge_latency_accuracy.json")
     a.add_argument("--per-candidate", type=int, default=2)
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--bundle", action="append",
+                   default=["runs/final/searched-s8-l1", "runs/final/searched-s8", "runs/eq/lowlight_l1/edge-lol-s8"],
+                   help="trained bundles timed beside the peers first, in the same run")
     args = ap.parse_args(argv)
     {"prep": cmd_prep, "search": cmd_search, "accuracy": cmd_accuracy}[args.cmd](args)
 
