@@ -71,11 +71,12 @@ def save_bundle(
     meta = {
         "format": FORMAT,
         "task": task,
-        "genotype": model.genotype.to_dict(),
+        "genotype": model.genotype.to_dict(),  # hbl-genotype/1, or /2 for an edge network
         "channels": list(model.genotype.channels),
         "parameters": count_parameters(model),
         "loss": loss,
-        "input": INPUT_SPEC,
+        # an edge network takes every size itself (input_multiple 1); the paper network pads to 4
+        "input": {**INPUT_SPEC, "pad_multiple": getattr(model, "input_multiple", PAD_MULTIPLE)},
         "versions": versions(),
         "provenance": provenance or {},
         "metrics": metrics or {},
@@ -111,14 +112,15 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """Load a bundle into an eval-mode :class:`Network`. Never unpickles anything."""
+    """Load a bundle into an eval-mode :class:`Network` (an ``EdgeNetwork`` for an edge genotype).
+    Never unpickles anything."""
     p = resolve_bundle_dir(path)
     meta = read_meta(p)
     try:
         genotype = Genotype.from_dict(meta["genotype"], source=str(p / META))
     except GenotypeError as e:
         raise BundleError(str(e)) from None
-    model = Network(genotype)
+    model = Network.from_genotype(genotype)  # an EdgeNetwork for an hbl-genotype/2 genotype
     try:
         state = load_file(str(p / WEIGHTS), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:

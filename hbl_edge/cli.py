@@ -565,13 +565,20 @@ def search(
     test_data: Optional[str] = typer.Option(None, help="paired folder to test the final model on (default: --data's own test/ split)"),
     device: str = typer.Option("cpu", help="cpu | cuda | jetson | jetson-orin-nano | jetson-orin-nx | jetson-agx-orin | jetson-xavier-nx"),
     backend: str = typer.Option("onnxruntime", help="backend the target runs (for measured latency): onnxruntime | torch | tensorrt"),
-    latency_budget: Optional[float] = typer.Option(None, help="latency budget in ms at --resolution (omit: no latency term)"),
+    latency_budget: Optional[str] = typer.Option(None, help="latency budget in ms at --resolution (omit: no latency term); several (8,16,32,64): a Pareto sweep, one network per budget"),
+    reference: Optional[str] = typer.Option(None, help="Pareto sweep: reference points NAME=MS:PSNR[:SSIM],... or a .csv (name,ms,psnr[,ssim])"),
     latency_table: Optional[Path] = typer.Option(None, help="latency table measured on the target (hbl-edge profile)"),
     latency_form: str = typer.Option("multiplicative", help="multiplicative L·(LAT/T)^β | additive L + μ·LAT/T | hinge L·max(1, LAT/T)^β"),
     latency_beta: float = typer.Option(0.2, help="β of the multiplicative and hinge forms"),
     latency_mu: float = typer.Option(0.1, help="μ of the additive form"),
     resolution: str = typer.Option("1280x720", help="WxH the budget refers to"),
     space: str = typer.Option("paper", help="search space: paper | edge"),
+    macro: Optional[str] = typer.Option(None, help="edge: also search the edge macro-architecture (scale, widths, units, refinement; needs --latency-budget)"),
+    macro_scales: str = typer.Option("2,4,8", help="--macro edge: scales s the maps are estimated at"),
+    macro_widths: str = typer.Option("8/16,16/32", help="--macro edge: C1/C2 widths of the inner network"),
+    macro_units: str = typer.Option("1,3", help="--macro edge: HNU counts"),
+    macro_refine: str = typer.Option("none,conv_3x3", help="--macro edge: refinement branches (none, or ops joined by +)"),
+    macro_steps: int = typer.Option(0, help="--macro edge: short stage-A steps per candidate (0: steps-a / 4)"),
     hnu_norm: str = typer.Option("edge", help="HNU edges: one BatchNorm per edge (edge, the reference's) or per candidate op (candidate, DARTS)"),
     objective: str = typer.Option("critic", help="stage-L upper objective: critic | fidelity"),
     critic: Optional[Path] = typer.Option(None, help="a quality critic (safetensors) instead of training one"),
@@ -596,10 +603,15 @@ def search(
     Data parallel under torchrun: `torchrun --nproc-per-node N -m hbl_edge search ...` (docs/distributed.md).
     """
     from .search.config import SearchConfig, quick_overrides
+    from .search.pareto import parse_budgets, parse_references
 
+    budgets = parse_budgets(latency_budget)
+    references = parse_references(reference)
+    if references and len(budgets) < 2:
+        raise ConfigError("--reference marks points on a Pareto sweep: give several --latency-budget values (8,16,32)")
     cfg = SearchConfig(
         task=task, data=data, test_data=test_data, out=str(out), stages=stages, space=space, device=device, backend=backend,
-        latency_table=str(latency_table) if latency_table else None, latency_budget=latency_budget,
+        latency_table=str(latency_table) if latency_table else None, latency_budget=budgets[0] if budgets else None,
         resolution=parse_resolution(resolution, minimum=4), latency_form=latency_form, latency_beta=latency_beta,
         latency_mu=latency_mu, order=order,
         objective=objective, critic=str(critic) if critic else None, steps_l=steps_l, steps_a=steps_a,
@@ -607,9 +619,35 @@ def search(
         vgg_weights=str(vgg_weights) if vgg_weights else None, lpips_weights=str(lpips_weights) if lpips_weights else None,
         lpips_net=lpips_net, hnu_norm=hnu_norm, lower_step=lower_step,
     )
+    if macro is not None:
+        from .search.macro import parse_refine, parse_widths
+
+        try:
+            cfg.macro_scales = tuple(int(v) for v in macro_scales.split(",") if v.strip())
+            cfg.macro_units = tuple(int(v) for v in macro_units.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError("--macro-scales and --macro-units take integers separated by commas, e.g. 2,4,8") from None
+        cfg.macro, cfg.macro_widths, cfg.macro_refine = macro, parse_widths(macro_widths), parse_refine(macro_refine)
+        cfg.macro_steps = macro_steps
     if quick:
         for k, v in quick_overrides().items():
             setattr(cfg, k, v)
+    if len(budgets) > 1:
+        from .search.pareto import run_pareto
+
+        if not _is_main_process():
+            raise ConfigError("a Pareto sweep (several --latency-budget values) runs as one process; run it without torchrun")
+        res = run_pareto(cfg, budgets, references, resume=resume)
+        table = Table(title=f"Pareto sweep {out}")
+        for col in ("budget ms", "measured ms", "changes", "PSNR", "SSIM", "genotype"):
+            table.add_column(col)
+        for p in res["points"]:
+            fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+            table.add_row(f"{p['budget_ms']:g}", fmt(p.get("measured_ms"), ".1f"), str(p.get("changes", "-")),
+                          fmt(p.get("psnr"), ".2f"), fmt(p.get("ssim"), ".3f"), (p.get("genotype") or "")[:60])
+        console.print(table)
+        console.print(f"files: {out}/pareto.json, {out}/plots/pareto.png, {out}/budget-*ms/")
+        return
     if not _is_main_process():
         from .search.driver import run_search
 
@@ -683,10 +721,28 @@ def profile(
         help="onnxruntime intra-op spinning of the deployed runner (default: onnxruntime's, on)"),
     calibrate: int = typer.Option(15, help="fit the whole-network model on N calibration networks (0: none)"),
     estimate: bool = typer.Option(False, help="write a roofline estimate from published specs instead of measuring"),
+    edge: Optional[str] = typer.Option(None, help="an edge genotype (hbl-genotype/2): profile its inner network at 1/s and measure its full-resolution parts (an edge latency model for `genotype latency`)"),
 ) -> None:
     """Measure the latency of every op of a space on this machine (the table the search uses)."""
     from .search.profiler import estimate_table
     from .search.profiler import profile as run_profile
+
+    if edge is not None:
+        from .search.edge_latency import profile_edge
+
+        with _progress() as prog:
+            bars: dict = {}
+
+            def on_edge_progress(phase: str, done: int, total: int) -> None:
+                if phase not in bars:
+                    bars[phase] = prog.add_task(phase, total=total, status="")
+                prog.update(bars[phase], completed=done, total=total)
+
+            model = profile_edge(edge, parse_resolution(resolution, minimum=4), device=device, backend=backend,
+                                 threads=threads, allow_spinning=allow_spinning, repeats=repeats,
+                                 calibrate=calibrate, out=out, progress=on_edge_progress)
+        console.print(f"[green]wrote[/] {out}: {model.label}")
+        return
 
     try:
         chans = tuple(int(c) for c in channels.split(","))
@@ -734,7 +790,7 @@ def genotype_show(spec: str = typer.Argument(..., help="built-in name or genotyp
 
     g = load_genotype(spec)
     console.print_json(json.dumps(g.to_dict()))
-    console.print(f"{count_parameters(Network(g)):,} parameters; {g.summary()}")
+    console.print(f"{count_parameters(Network.from_genotype(g)):,} parameters; {g.summary()}")
 
 
 @genotype_app.command("list")
@@ -757,8 +813,18 @@ def genotype_latency(
 
     from .search.latency import LatencyModel
 
+    from .genotype import load_genotype
+    from .search.edge_latency import EdgeLatencyModel, is_edge_model_file
+
+    g = load_genotype(spec)
+    if is_edge_model_file(latency_table):
+        print(json.dumps(EdgeLatencyModel.load(latency_table).describe(g), indent=2))
+        return
+    if g.macro is not None:
+        raise ConfigError(f"{spec} is an edge genotype: price it with an edge latency model "
+                          f"(`hbl-edge profile --edge {spec} --resolution WxH --out edge_latency.json`)")
     model = LatencyModel(latency_table)
-    print(json.dumps(model.describe(spec), indent=2))
+    print(json.dumps(model.describe(g), indent=2))
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import GenotypeError
 from .genotype import BRANCH_OPS, Genotype, GenotypeLike, load_genotype
 from .ops import ChannelAffine, make_op
 
@@ -111,10 +112,21 @@ class ResidualPair(nn.Module):
 
 
 class Network(nn.Module):
-    """The restoration network for one genotype. Input/output N×3×H×W, any H, W."""
+    """The restoration network for one genotype. Input/output N×3×H×W, any H, W.
+
+    A genotype with a macro section (``hbl-genotype/2``, an edge network) is built by
+    :meth:`from_genotype`, which dispatches to :class:`hbl_edge.edge_network.EdgeNetwork`.
+    """
+
+    #: Channels of the tail op's output (the image). A subclass that outputs maps sets its own.
+    out_channels: int = 3
 
     def __init__(self, genotype: Genotype) -> None:
         super().__init__()
+        if getattr(genotype, "macro", None) is not None and type(self) is Network:
+            raise GenotypeError(
+                "this genotype has a 'macro' section (an edge network); build it with Network.from_genotype"
+            )
         self.genotype = genotype
         self._build(genotype.channels, genotype.units)
 
@@ -139,7 +151,7 @@ class Network(nn.Module):
         self.dec_half = nn.Sequential(*self._pairs("decoder", 0, c2))
         self.up2 = nn.ConvTranspose2d(c2, c1, 2, stride=2, bias=False)
         self.dec_full = nn.Sequential(*self._pairs("decoder", 4, c1))
-        self.tail = self.make_edge("decoder", 8, c1, 3)
+        self.tail = self.make_edge("decoder", 8, c1, self.out_channels)
 
     def make_edge(self, group: str, index, c_in: int, c_out: int) -> nn.Module:
         """The module on one searched edge; ``index`` is an int, or (unit, edge) for HNUs.
@@ -160,8 +172,17 @@ class Network(nn.Module):
 
     @classmethod
     def from_genotype(cls, genotype: GenotypeLike) -> "Network":
-        """Build the network of a genotype (a :class:`Genotype`, a built-in name or a JSON path)."""
-        return cls(load_genotype(genotype))
+        """Build the network of a genotype (a :class:`Genotype`, a built-in name or a JSON path).
+
+        The one factory for both formats: a genotype with a macro section builds an
+        :class:`~hbl_edge.edge_network.EdgeNetwork`, one without builds this paper network.
+        """
+        g = load_genotype(genotype)
+        if g.macro is not None:
+            from .edge_network import EdgeNetwork  # edge_network builds on this module
+
+            return EdgeNetwork(g)
+        return cls(g)
 
     # -- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,9 @@ class Task:
             contrast indicators (see ``hbl_edge.evaluate``).
         baselines: classical (training-free) baselines evaluated alongside the network.
         layouts: (input_dir, target_dir) folder names typical for the task, first choice first.
+        inverse: the inverse model an edge network applies at full resolution (DESIGN §10):
+            ``retinex`` (x = y ⊘ max(L, ε)) or ``scattering`` (J = (y − A) ⊘ max(t, t₀) + A);
+            an edge genotype's ``macro.model`` must name it.
     """
 
     name: str
@@ -58,6 +61,7 @@ class Task:
     noref_metrics: tuple[str, ...]
     baselines: tuple[str, ...]
     layouts: tuple[tuple[str, str], ...]
+    inverse: str = "retinex"
 
 
 # ------------------------------------------------------------------------ random fields
@@ -255,6 +259,7 @@ TASKS: dict[str, Task] = {
         noref_metrics=(),
         baselines=("dcp",),
         layouts=(("hazy", "clear"), ("hazy", "GT")) + GENERIC_LAYOUTS,
+        inverse="scattering",
     ),
     "underwater": Task(
         name="underwater",
@@ -266,8 +271,24 @@ TASKS: dict[str, Task] = {
         noref_metrics=("uiqm", "uciqe"),
         baselines=("grayworld",),
         layouts=(("raw", "reference"), ("trainA", "trainB")) + GENERIC_LAYOUTS,
+        inverse="scattering",
     ),
 }
+
+def invert(task: str | Task, observed: np.ndarray, maps: dict[str, np.ndarray], floor: float = 1e-3) -> np.ndarray:
+    """The task's inverse model with known maps (numpy; the maps a ``degrade_*(…, return_map=True)``
+    returns): retinex x = y ⊘ max(L, floor); scattering J = (y − A) ⊘ max(t, floor) + A, with A
+    the airlight (dehaze, ``maps["A"]``) or the background light (underwater, ``maps["B"]``).
+
+    The edge network (hbl_edge.edge_network) applies the same two formulas to maps it estimates.
+    """
+    task = get_task(task)
+    y = np.asarray(observed, dtype=np.float64)
+    if task.inverse == "retinex":
+        return y / np.maximum(maps["L"], floor)
+    light = maps["A"] if "A" in maps else maps["B"]
+    return (y - light) / np.maximum(maps["t"], floor) + light
+
 
 _ALIASES = {"low-light": "lowlight", "low_light": "lowlight", "haze": "dehaze",
             "dehazing": "dehaze", "uw": "underwater"}

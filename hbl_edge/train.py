@@ -76,8 +76,13 @@ class TrainConfig:
     threads: int | None = None
 
     def validate(self) -> None:
-        get_task(self.task)
-        load_genotype(self.genotype)
+        task = get_task(self.task)
+        genotype = load_genotype(self.genotype)
+        if genotype.macro is not None and genotype.macro.model != task.inverse:
+            raise ConfigError(
+                f"genotype {self.genotype!r} applies the {genotype.macro.model} model, but task {task.name!r} "
+                f"inverts with {task.inverse}; pick an edge genotype made for {task.name}"
+            )
         if self.steps < 1:
             raise ConfigError(f"--steps must be ≥ 1, got {self.steps}")
         if self.batch_size < 2:
@@ -233,7 +238,8 @@ class TrainSession:
         self.sampler = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=cfg.seed,
                                     rank=dist.rank, world_size=dist.world_size)
 
-        self.model = sync_batchnorm_(Network(load_genotype(cfg.genotype)), dist).to(dist.device)
+        # the paper network or an edge network (DESIGN §10)
+        self.model = sync_batchnorm_(Network.from_genotype(cfg.genotype), dist).to(dist.device)
         self.opt = make_optimizer(cfg, self.model.parameters())
         self.sched = make_schedule(cfg, self.opt)
         self.step, self.best = 0, {}
@@ -314,6 +320,11 @@ class TrainSession:
 
     def _train_step(self) -> dict[str, Any]:
         inp, tgt = (t.to(self.dist.device) for t in self.sampler.batch(self.step))
+        init = getattr(self.model, "init_from_data", None)
+        if self.step == 0 and init is not None:  # an edge network's data-dependent start (before any step)
+            log.info("data-dependent init: %s", init(inp, tgt))
+            # each rank saw its own shard: start every rank from rank 0's initialisation
+            self.dist.broadcast_module_(self.model)
         loss, terms = self.criterion(self.model(inp), tgt)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; lower --lr or check the data")

@@ -65,3 +65,24 @@ def test_profile_cli(tmp_path, monkeypatch):
     res = invoke("profile", "--backend", "tensorrt", "--out", tmp_path / "y.json")
     assert res.exit_code == 2 and "TensorRT is not installed here; install it" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "y.json").exists()
+
+
+def test_search_cli_pareto_sweep_and_errors(tmp_path, monkeypatch):
+    from hbl_edge.search import config
+
+    small = dict(config.quick_overrides(), channels=(4, 8), units=1, steps_l=2, steps_a=2, steps_t=2,
+                 crop=32, train_crop=32, critic_steps=4)
+    monkeypatch.setattr(config, "quick_overrides", lambda: small)
+    out = tmp_path / "sweep"
+    res = invoke("search", "--quick", "--device", "jetson-orin-nx", "--latency-budget", "10,20", "--resolution", "64x48",
+                 "--stages", "L,A", "--reference", "SCI=5:14.8", "--out", out)
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "pareto.json").read_text())
+    assert [p["budget_ms"] for p in saved["points"]] == [10.0, 20.0] and saved["references"][0]["name"] == "SCI"
+    assert (out / "budget-10ms" / "genotype.json").exists() and (out / "budget-20ms" / "genotype.json").exists()
+    for args, needle in [(["--latency-budget", "10,x"], "positive ms"),
+                         (["--latency-budget", "10", "--reference", "A=1:2"], "several --latency-budget"),
+                         (["--macro", "edge", "--device", "jetson-orin-nx", "--latency-budget", "10"], "--device cpu")]:
+        res = invoke("search", "--out", tmp_path / "r", *args)
+        assert res.exit_code == 2, (args, res.output)
+        assert needle in res.output and "Traceback" not in res.output

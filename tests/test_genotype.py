@@ -12,8 +12,11 @@ import pytest
 from hbl_edge.errors import GenotypeError, HblError
 from hbl_edge.genotype import (
     DECODER_EDGES,
+    Macro,
+    edge_genotype,
     ENCODER_EDGES,
     FORMAT,
+    FORMAT_V2,
     HNU_EDGES,
     NAMED_GENOTYPES,
     Genotype,
@@ -72,6 +75,11 @@ def _one_line_error(excinfo) -> str:
 class TestNamedGenotypes:
     def test_names(self):
         assert {"hbl-lol-2022", "conv3x3"} <= set(NAMED_GENOTYPES)
+        assert {"edge-lol-s8", "edge-lol-s4", "edge-lol-s4-paper", "edge-haze-s4", "edge-uw-s4"} <= set(NAMED_GENOTYPES)
+
+    def test_paper_genotypes_stay_v1(self):
+        for name in ("hbl-lol-2022", "conv3x3"):
+            assert NAMED_GENOTYPES[name].format == FORMAT and NAMED_GENOTYPES[name].macro is None
 
     def test_hbl_lol_2022_exact(self):
         g = NAMED_GENOTYPES["hbl-lol-2022"]
@@ -101,7 +109,7 @@ class TestNamedGenotypes:
 
     def test_edge_constants(self):
         assert (ENCODER_EDGES, DECODER_EDGES, HNU_EDGES) == (9, 9, 8)
-        assert FORMAT == "hbl-genotype/1"
+        assert FORMAT == "hbl-genotype/1" and FORMAT_V2 == "hbl-genotype/2"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,8 +268,11 @@ ERROR_CASES = [
     ("units-null", _set("units", None), [r"'units' must be a positive integer"]),
     ("no-units-at-all", lambda d: (d.__setitem__("hnu", []), d.pop("units")), [r"'units' must be a positive integer, got 0"]),
     # format
-    ("unknown-format", _set("format", "hbl-genotype/2"),
-     [r"unknown genotype format 'hbl-genotype/2'", re.escape("'hbl-genotype/1'")]),
+    ("unknown-format", _set("format", "hbl-genotype/3"),
+     [r"unknown genotype format 'hbl-genotype/3'", re.escape("'hbl-genotype/1' or 'hbl-genotype/2'")]),
+    ("v2-without-macro", _set("format", "hbl-genotype/2"),
+     [r"format 'hbl-genotype/2' needs a 'macro' section", re.escape("write 'hbl-genotype/1' for the paper network")]),
+    ("v1-with-macro", _set("macro", {"scale": 4}), [r"a 'macro' section needs format 'hbl-genotype/2'"]),
     ("format-null", _set("format", None), [r"unknown genotype format None"]),
     ("missing-format", _del("format"), [r"missing 'format'", re.escape("'hbl-genotype/1'")]),
     # keys
@@ -446,3 +457,118 @@ class TestSummary:
         counts = [n for _, n in items]
         assert counts == sorted(counts, reverse=True)  # most frequent first
         assert items[0] == ("skip_connect", 19)
+
+
+# ---------------------------------------------------------------------------------------------
+# hbl-genotype/2: the edge macro-architecture
+# ---------------------------------------------------------------------------------------------
+MACRO = {"scale": 4, "model": "retinex", "map_channels": 1, "upsample": "guided", "floor": 0.01,
+         "radius": 2, "eps": 0.001, "refine": ["sepconv_3x3", "conv_3x3"], "refine_channels": 6}
+
+
+def _v2_dict(**macro) -> dict:
+    d = _valid_dict()
+    d["format"] = "hbl-genotype/2"
+    d["macro"] = {**MACRO, **macro}
+    return d
+
+
+class TestGenotypeV2:
+    def test_round_trip_file_keeps_every_field(self, tmp_path):
+        g = Genotype.from_dict(_v2_dict())
+        assert g.format == FORMAT_V2 and g.is_edge
+        assert g.macro == Macro(scale=4, model="retinex", map_channels=1, upsample="guided", floor=0.01, radius=2,
+                                eps=0.001, refine=("sepconv_3x3", "conv_3x3"), refine_channels=6)
+        path = g.save(tmp_path / "genotype.json")
+        data = json.loads(path.read_text())
+        assert list(data) == KEYS + ["macro"] and data["macro"] == MACRO
+        assert load_genotype(path) == g
+
+    def test_v1_file_reads_unchanged(self, tmp_path):
+        path = _write(tmp_path, _valid_dict())
+        g = load_genotype(path)
+        assert g.format == FORMAT and g.macro is None and not g.is_edge
+        assert json.loads(g.save(tmp_path / "again.json").read_text()) == _valid_dict()
+
+    def test_format_follows_the_content(self):
+        kw = dict(encoder=HBL_LOL_2022["encoder"], decoder=HBL_LOL_2022["decoder"], hnu=HBL_LOL_2022["hnu"])
+        assert Genotype(**kw).format == FORMAT
+        assert Genotype(**kw, macro=MACRO).format == FORMAT_V2  # a dict is accepted and validated
+        assert Genotype(**kw, macro=MACRO).macro.refine == ("sepconv_3x3", "conv_3x3")
+
+    def test_optional_macro_keys_take_their_documented_defaults(self):
+        d = _v2_dict()
+        for k in ("radius", "eps", "refine", "refine_channels"):
+            del d["macro"][k]
+        m = Genotype.from_dict(d).macro
+        assert (m.radius, m.eps, m.refine, m.refine_channels) == (1, 0.01, (), 8)
+
+    def test_int_and_float_floor_are_the_same_genotype(self):
+        a, b = Genotype.from_dict(_v2_dict(floor=0.5)), Genotype.from_dict(_v2_dict(eps=1))
+        assert a == Genotype.from_dict(_v2_dict(floor=0.5)) and hash(b) == hash(Genotype.from_dict(_v2_dict(eps=1.0)))
+
+    def test_out_channels(self):
+        assert Macro(scale=2, model="retinex", map_channels=3, upsample="bilinear", floor=0.1).out_channels == 3
+        assert Macro(scale=2, model="scattering", map_channels=1, upsample="bilinear", floor=0.1).out_channels == 4
+
+    def test_summary_names_the_macro_choices(self):
+        text = Genotype.from_dict(_v2_dict()).summary()
+        assert text.startswith("edge s4 retinex L1 guided(r2) refine:sepconv_3x3+conv_3x3@6 16/32×7 | ")
+        assert "[" not in text  # rich would read brackets as markup
+        assert NAMED_GENOTYPES["edge-uw-s4"].summary().startswith("edge s4 scattering t3 guided(r1) refine:none 8/16×2")
+
+    @pytest.mark.parametrize("name", ["edge-lol-s8", "edge-lol-s4", "edge-lol-s4-paper", "edge-haze-s4", "edge-uw-s4"])
+    def test_named_edge_genotypes(self, name):
+        g = NAMED_GENOTYPES[name]
+        assert g.format == FORMAT_V2 and g.macro.upsample == "guided"
+        assert g.macro.model == ("retinex" if "lol" in name else "scattering")
+        assert g.macro.map_channels == (3 if name == "edge-uw-s4" else 1)
+        assert g.macro.scale == (8 if name.endswith("s8") else 4)
+
+    def test_edge_genotype_helper(self):
+        g = edge_genotype(scale=2, model="scattering", channels=(4, 8), units=3, refine=("conv_1x1",))
+        assert g.units == 3 and len(g.hnu) == 3 and g.macro.floor == 0.05 and g.macro.refine == ("conv_1x1",)
+        assert edge_genotype(scale=2, model="retinex").macro.floor == 0.01
+
+
+MACRO_ERRORS = [
+    ("scale", dict(scale=3), r"'macro.scale' must be one of 1, 2, 4, 8, got 3"),
+    ("scale-bool", dict(scale=True), r"'macro.scale' must be one of"),
+    ("model", dict(model="haze"), r"'macro.model' must be one of retinex, scattering, got 'haze'"),
+    ("map-channels", dict(map_channels=2), r"'macro.map_channels' must be 1 or 3, got 2"),
+    ("upsample", dict(upsample="bicubic"), r"'macro.upsample' must be one of bilinear, guided, learned, got 'bicubic'"),
+    ("floor-zero", dict(floor=0), r"'macro.floor' must be a number in \(0, 1\), got 0"),
+    ("floor-string", dict(floor="0.1"), r"'macro.floor' must be a number in \(0, 1\)"),
+    ("floor-nan", dict(floor=float("nan")), r"'macro.floor' must be a number"),
+    ("radius", dict(radius=0), r"'macro.radius' must be an integer in 1..8, got 0"),
+    ("eps", dict(eps=-1e-3), r"'macro.eps' must be a positive number"),
+    ("refine-op", dict(refine=["skip_connect"]), r"'macro.refine'\[0\] is 'skip_connect'; allowed: conv_1x1"),
+    ("refine-string", dict(refine="conv_3x3"), r"'macro.refine' must be a list of op names"),
+    ("refine-long", dict(refine=["conv_3x3"] * 5), r"'macro.refine' has 5 ops, at most 4"),
+    ("refine-width", dict(refine_channels=0), r"'macro.refine_channels' must be an integer in 1..64"),
+    ("unknown-key", dict(guide="x"), r"unknown key\(s\) macro.guide; allowed: scale, model"),
+]
+
+
+@pytest.mark.parametrize("over,pattern", [c[1:] for c in MACRO_ERRORS], ids=[c[0] for c in MACRO_ERRORS])
+def test_invalid_macro_is_a_one_line_error_naming_the_file(tmp_path, over, pattern):
+    path = _write(tmp_path, _v2_dict(**over))
+    with pytest.raises(GenotypeError) as info:
+        load_genotype(path)
+    msg = _one_line_error(info)
+    assert msg.startswith(f"{path}: ") and re.search(pattern, msg), msg
+
+
+@pytest.mark.parametrize("key", ["scale", "model", "map_channels", "upsample", "floor"])
+def test_missing_required_macro_key(key):
+    d = _v2_dict()
+    del d["macro"][key]
+    with pytest.raises(GenotypeError, match=rf"missing key\(s\) macro.{key}"):
+        Genotype.from_dict(d)
+
+
+def test_macro_not_an_object():
+    d = _v2_dict()
+    d["macro"] = [4]
+    with pytest.raises(GenotypeError, match="'macro' must be a JSON object, got list"):
+        Genotype.from_dict(d)

@@ -91,6 +91,9 @@ class ExportGraph(nn.Module):
         self.network = network
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if getattr(self.network, "input_multiple", PAD_MULTIPLE) == 1:
+            # The network takes every size itself (hbl_edge.edge_network): no pad, no crop.
+            return self.network(image).clamp(0.0, 1.0)
         h = torch.as_tensor(image.shape[2])  # a traced Shape op under the exporter
         w = torch.as_tensor(image.shape[3])
         ph = (-h) % PAD_MULTIPLE

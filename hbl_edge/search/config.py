@@ -44,6 +44,14 @@ class SearchConfig:
     # the deployed runner's settings, profiled and measured with (None: onnxruntime's defaults, as OrtRunner)
     latency_threads: int | None = None
     latency_spinning: bool | None = None
+    # macro search of the edge network (DESIGN §10; hbl_edge.search.macro): None = the space's
+    # paper-shaped network; "edge" = sweep scale × widths × units × refinement, then search ops
+    macro: str | None = None
+    macro_scales: tuple[int, ...] = (2, 4, 8)
+    macro_widths: tuple[tuple[int, int], ...] = ((8, 16), (16, 32))
+    macro_units: tuple[int, ...] = (1, 3)
+    macro_refine: tuple[tuple[str, ...], ...] = ((), ("conv_3x3",))
+    macro_steps: int = 0  # short stage A per candidate; 0 = steps_a // 4 (at least 4)
     # bilevel optimisation (DESIGN §5)
     order: str = "second"
     lower_step: str = "simultaneous"  # reuses the virtual step's gradient (docs/search.md) | alternating (DARTS)
@@ -109,6 +117,13 @@ class SearchConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
         if self.latency_threads is not None and self.latency_threads < 1:
             raise ConfigError(f"latency_threads must be ≥ 1 (or None for the runtime's default), got {self.latency_threads}")
+        if self.macro is not None:
+            if self.macro != "edge":
+                raise ConfigError(f"--macro takes edge (or is left out), got {self.macro!r}")
+            if self.latency_budget is None and "A" in self.stage_list:
+                raise ConfigError("--macro edge trades quality for latency: give --latency-budget MS")
+            if self.macro_steps < 0:
+                raise ConfigError(f"--macro-steps must be ≥ 0, got {self.macro_steps}")
         if len(self.resolution) != 2 or min(self.resolution) < 4:
             raise ConfigError(f"--resolution must be WxH with sides ≥ 4, got {self.resolution}")
 
@@ -116,9 +131,12 @@ class SearchConfig:
     def from_dict(cls, data: dict) -> "SearchConfig":
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in data.items() if k in known}
-        for k in ("channels", "resolution", "upper_betas", "terms"):
+        for k in ("channels", "resolution", "upper_betas", "terms", "macro_scales", "macro_units"):
             if k in kw and kw[k] is not None:
                 kw[k] = tuple(kw[k])
+        for k in ("macro_widths", "macro_refine"):
+            if k in kw and kw[k] is not None:
+                kw[k] = tuple(tuple(v) for v in kw[k])
         return cls(**kw)
 
 

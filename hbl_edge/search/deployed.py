@@ -45,7 +45,7 @@ def export_network(genotype: GenotypeLike, where: Path, seed: int = 0) -> Path:
     from ..network import Network
 
     torch.manual_seed(seed)
-    net = Network(load_genotype(genotype)).eval()
+    net = Network.from_genotype(load_genotype(genotype)).eval()  # an edge genotype builds its EdgeNetwork
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return export_onnx(net, where, check=False).onnx_path
@@ -63,7 +63,7 @@ class _TorchRunner:
         from ..network import Network, fold_batchnorm
 
         torch.manual_seed(seed)
-        self.net = fold_batchnorm(Network(load_genotype(genotype)).eval()).to(device)
+        self.net = fold_batchnorm(Network.from_genotype(load_genotype(genotype)).eval()).to(device)
         self.device = torch.device(device)
 
     def run(self, x: np.ndarray) -> np.ndarray:

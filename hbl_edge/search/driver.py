@@ -137,6 +137,15 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, progress: Progress | 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         record_processes(out / "config.json", {**asdict(cfg), "versions": versions()}, dist, resume)
+    if "A" in cfg.stage_list and cfg.latency_budget is not None and not (out / OUTPUTS["A"]).exists():
+        # a budget the space cannot meet is an error now, not after the training (DESIGN §3)
+        # rank 0 alone checks, and building candidate ops draws from the global RNG: keep every
+        # rank's stream where it was so ranks stay in step (and one process equals N)
+        with torch.random.fork_rng(devices=[]):
+            if cfg.macro:
+                dist.on_main(lambda: _check_reachable_macro(cfg, _edge_models(cfg, out)))
+            else:
+                dist.on_main(lambda: _check_reachable(cfg, _latency_model(cfg, out)))
     result = SearchResult(out=out)
     stages = {"L": _stage_l, "A": _stage_a, "T": _stage_t}
     try:
@@ -329,26 +338,160 @@ def _latency_model(cfg: SearchConfig, out: Path):
         model = load_latency_model(cfg.device, cfg.resolution, cfg.space, cfg.channels)
         model.table.save(cached)
     log.info("stage A latency model: %s", model.label)
-    floor = _fastest_possible_ms(model, cfg)
-    if floor > cfg.latency_budget:
-        log.warning("the latency budget %.1f ms is below the fastest network this space allows (%.1f ms, %s); "
-                    "the search will trade quality for speed but cannot meet it: raise --latency-budget, "
-                    "lower --resolution, or use --space edge", cfg.latency_budget, floor, model.label)
     return model
 
 
-def _fastest_possible_ms(model, cfg: SearchConfig) -> float:
-    """LAT of the genotype with the cheapest op on every edge (one-hot α at each row's minimum)."""
-    with torch.no_grad():
-        alpha = {
-            name: torch.where(torch.isfinite(t) & mask, -t, torch.tensor(-1e9, dtype=t.dtype)).expand(shape) * 1e4
-            for name, t, mask, shape in (
-                ("alpha_encoder", model.t_encoder, model.m_encoder, model.t_encoder.shape),
-                ("alpha_decoder", model.t_decoder, model.m_decoder, model.t_decoder.shape),
-                ("alpha_hnu", model.t_hnu, model.m_hnu, (cfg.units, *model.t_hnu.shape)),
-            )
-        }
-        return float(model.expected(alpha))
+def _local_target(cfg: SearchConfig) -> bool:
+    """Whether the target device is this machine (so a network can be measured on it here)."""
+    if cfg.device == "cpu":
+        return True
+    return cfg.device == "cuda" and torch.cuda.is_available()
+
+
+def _measurer(cfg: SearchConfig, model) -> Callable[[Any], float] | None:
+    """The independent measurement of a genotype on the target (None when it is not this machine)."""
+    if not _local_target(cfg):
+        return None
+    from .deployed import measure_network
+
+    settings = model.table.settings or {}
+    threads, spinning = settings.get("threads"), settings.get("allow_spinning")
+    # As deployed, and not with the profiler's harness: a fresh runner per round, consecutive
+    # runs after a warm-up, with the threads and spinning the table was made for.
+    return lambda g: measure_network(g, cfg.backend, cfg.resolution, device=cfg.device, repeats=15, warmup=3,
+                                     rounds=2, threads=threads, allow_spinning=spinning)
+
+
+def _check_reachable(cfg: SearchConfig, model) -> dict[str, Any]:
+    """Raise :class:`BudgetError` when the fastest network of the space is over the budget.
+
+    The floor is the genotype with the model's fastest op on every edge; on a local target it
+    is also measured, since the promise is about the measurement.
+    """
+    from .latency import random_genotype
+    from .repair import BudgetError, cheapest
+
+    floor_g = cheapest(random_genotype(cfg.space, cfg.channels, cfg.units, seed=0), model.predict, model.fcm, model.hnu)
+    predicted = model.predict(floor_g)
+    where = f"at {cfg.resolution[0]}x{cfg.resolution[1]} on {cfg.device} ({model.label})"
+    if predicted > cfg.latency_budget:
+        raise BudgetError(f"--latency-budget {cfg.latency_budget:g} ms is below the fastest network this space allows, "
+                          f"predicted {predicted:.2f} ms {where}: raise the budget, lower --resolution, or use --space edge")
+    measure = _measurer(cfg, model)
+    measured = measure(floor_g) if measure is not None else None
+    if measured is not None and measured > cfg.latency_budget:
+        raise BudgetError(f"--latency-budget {cfg.latency_budget:g} ms is below the fastest network this space allows, "
+                          f"measured {measured:.2f} ms {where}: raise the budget, lower --resolution, or use --space edge")
+    return {"floor_genotype": floor_g.summary(), "floor_predicted_ms": predicted, "floor_measured_ms": measured}
+
+
+def _candidates(cfg: SearchConfig):
+    from .macro import grid
+
+    return grid(cfg.macro_scales, cfg.macro_widths, cfg.macro_units, cfg.macro_refine)
+
+
+def _edge_models(cfg: SearchConfig, out: Path) -> dict:
+    """Latency models of every macro candidate (profiled here once, cached in ``RUN/latency/``)."""
+    from .macro import edge_models
+
+    return edge_models(_candidates(cfg), cfg.task, cfg.space, cfg.resolution, out / "latency", device=cfg.device,
+                       backend=cfg.backend, threads=cfg.latency_threads, spinning=cfg.latency_spinning, quick=cfg.quick)
+
+
+def _check_reachable_macro(cfg: SearchConfig, models: dict) -> dict[str, Any]:
+    """:func:`_check_reachable` over the macro grid: the floor is the fastest candidate's fastest network."""
+    from .macro import floor_genotype
+    from .repair import BudgetError
+
+    floors = {c: floor_genotype(c, cfg.task, cfg.space, m) for c, m in models.items()}
+    best = min(floors, key=lambda c: models[c].predict(floors[c]))
+    predicted = models[best].predict(floors[best])
+    where = f"at {cfg.resolution[0]}x{cfg.resolution[1]} on {cfg.device}"
+    if predicted > cfg.latency_budget:
+        raise BudgetError(f"--latency-budget {cfg.latency_budget:g} ms is below the fastest edge network of the macro "
+                          f"grid ({best.name}), predicted {predicted:.2f} ms {where}: raise the budget, lower "
+                          "--resolution, or add a larger --macro-scales")
+    measured = _measurer(cfg, models[best])(floors[best])
+    if measured > cfg.latency_budget:
+        raise BudgetError(f"--latency-budget {cfg.latency_budget:g} ms is below the fastest edge network of the macro "
+                          f"grid ({best.name}), measured {measured:.2f} ms {where}: raise the budget, lower "
+                          "--resolution, or add a larger --macro-scales")
+    return {"floor": best.name, "floor_predicted_ms": predicted, "floor_measured_ms": measured}
+
+
+def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, dist: DistContext):
+    """The outer sweep of :mod:`hbl_edge.search.macro`: a short stage A per feasible candidate.
+
+    Returns the winning candidate. Every candidate's row (latency floor, score, derived
+    genotype and its predicted ms) is in ``RUN/search/macro.json``, written after each one.
+    """
+    from ..runio import read_json
+    from .latency import OBJECTIVES as LATENCY_OBJECTIVES
+    from .macro import Candidate, EdgeSupernet, derive_edge, floor_genotype
+    path = out / "search" / "macro.json"
+    done = read_json(path, ConfigError, "macro sweep")["candidates"] if path.exists() else []
+    rows = {Candidate.from_dict(r["candidate"]): r for r in done}
+    steps = cfg.macro_steps or max(cfg.steps_a // 4, 4)
+    budget = cfg.latency_budget
+    for cand, model in models.items():
+        if cand in rows:
+            continue
+        if flag.stop:
+            raise Interrupted
+        floor = model.predict(floor_genotype(cand, cfg.task, cfg.space, model))
+        row: dict[str, Any] = {"candidate": cand.to_dict(), "name": cand.name, "floor_predicted_ms": floor}
+        if floor > budget:
+            row.update(feasible=False, why="its fastest network is predicted over the budget")
+        else:
+            torch.manual_seed(cfg.seed + 1)
+            net = EdgeSupernet(cand.macro(cfg.task), cfg.space, cand.channels, cand.units, seed=cfg.seed + 1,
+                               hnu_norm=cfg.hnu_norm)
+            net = place(net, dist).train()
+            w_opt, u_opt = make_optimizers(cfg, net, list(net.arch_parameters()))
+            state = BilevelState(net, list(net.arch_parameters()), w_opt, u_opt)
+            lower, upper = _samplers(cfg, seed_offset=1, dist=dist)
+            first = place_batch(lower.batch(0), dist)
+            net.init_from_data(*first)
+
+            def objective(pred, target, net=net, model=model):
+                loss = criterion(pred, target)[0]
+                return LATENCY_OBJECTIVES[cfg.latency_form](loss, model.expected(net).to(loss.dtype), budget,
+                                                            cfg.latency_mu if cfg.latency_form == "additive" else cfg.latency_beta)
+
+            t0 = time.perf_counter()
+            for step in range(steps):
+                bilevel_step(state, order=cfg.order, lower_batch=place_batch(lower.batch(step), dist),
+                             upper_batch=place_batch(upper.batch(step), dist), lower_loss=criterion,
+                             upper_objective=objective, clip=cfg.w_clip, dist=dist, lower_step=cfg.lower_step)
+            with torch.no_grad():  # quality alone, on validation batches the search did not step on
+                score = float(sum(criterion(net(b[0]), b[1])[0] for b in
+                                  (place_batch(upper.batch(100_000 + k), dist) for k in range(4))) / 4)
+            score = dist.mean_floats({"score": score})["score"]  # each rank scored its slice: one choice for all
+            g, _ = derive_edge(net.cpu(), cfg.max_parameter_free_per_unit)
+            predicted = model.predict(g)
+            row.update(feasible=True, score=score, steps=steps, seconds=time.perf_counter() - t0,
+                       derived=g.summary(), derived_predicted_ms=predicted)
+            if predicted > budget:  # what the repair would leave (by the model): the price of fitting
+                from .repair import repair as _repair
+
+                fixed = _repair(g, net, model.predict, budget, model.fcm, model.hnu, measure=None)
+                row.update(repaired=fixed.genotype.summary(), repaired_predicted_ms=fixed.predicted_ms,
+                           repair_changes=len(fixed.changes))
+            log.info("macro sweep: %s score %.4f, derived %.1f ms (budget %.1f)", cand.name, score, predicted, budget)
+        rows[cand] = row
+        if dist.is_main:
+            write_json(path, {"budget_ms": budget, "steps": steps, "candidates": list(rows.values())})
+    feasible = [c for c, r in rows.items() if r.get("feasible")]
+    if not feasible:
+        raise ConfigError(f"no macro candidate can meet the {budget:g} ms budget (see {path})")
+    win = min(feasible, key=lambda c: rows[c]["score"])
+    if dist.is_main:
+        write_json(path, {"budget_ms": budget, "steps": steps, "candidates": list(rows.values()), "chosen": win.to_dict(),
+                          "chosen_name": win.name,
+                          "rule": "lowest λ* loss on 4 validation batches after the short search, among candidates "
+                                  "whose fastest network is predicted within the budget"})
+    return win
 
 
 def _read_loss_spec(out: Path):
@@ -364,13 +507,27 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
     spec = dist.on_main(lambda: _read_loss_spec(out))
     criterion = build_loss(spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
                            lpips_net=cfg.lpips_net).to(dist.device)
-    lat_model = dist.on_main(lambda: _latency_model(cfg, out))  # profiled once, on rank 0
-    net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed + 1, hnu_norm=cfg.hnu_norm)
+    derive_fn: Callable[..., Any] = derive
+    if cfg.macro:  # the outer sweep picks scale, widths, units and refinement; the search below its ops
+        from .macro import EdgeSupernet, derive_edge
+
+        models = dist.on_main(lambda: _edge_models(cfg, out))  # profiled once, on rank 0
+        cand = _macro_sweep(cfg, out, criterion, models, flag, dist)
+        lat_model = models[cand]
+        torch.manual_seed(cfg.seed + 1)
+        net = EdgeSupernet(cand.macro(cfg.task), cfg.space, cand.channels, cand.units, seed=cfg.seed + 1,
+                           hnu_norm=cfg.hnu_norm)
+        derive_fn = derive_edge
+    else:
+        lat_model = dist.on_main(lambda: _latency_model(cfg, out))  # profiled once, on rank 0
+        net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed + 1, hnu_norm=cfg.hnu_norm)
     net = place(net, dist).train()
     upper_vars = list(net.arch_parameters())
     w_opt, u_opt = make_optimizers(cfg, net, upper_vars)
     state = BilevelState(net, upper_vars, w_opt, u_opt)
     lower, upper = _samplers(cfg, seed_offset=1, dist=dist)
+    if cfg.macro:
+        net.init_from_data(*place_batch(lower.batch(0), dist))  # a resumed run's checkpoint overrides it
     budget = cfg.latency_budget
 
     def objective(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -388,7 +545,7 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
             upper_batch=place_batch(upper.batch(step), dist),
             lower_loss=criterion, upper_objective=objective, clip=cfg.w_clip, dist=dist, lower_step=cfg.lower_step,
         )
-        genotype, report = derive(net, cfg.max_parameter_free_per_unit)
+        genotype, report = derive_fn(net, cfg.max_parameter_free_per_unit)
         rec["genotype"] = genotype.summary()
         rec["parameter_free"] = report.parameter_free_argmax
         if lat_model is not None:
@@ -398,21 +555,21 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
         return rec
 
     _run_bilevel("A", cfg, out, state, cfg.steps_a, step_fn, progress, flag, dist=dist)
-    genotype, report = derive(net, cfg.max_parameter_free_per_unit)
+    genotype, report = derive_fn(net, cfg.max_parameter_free_per_unit)
     if not dist.is_main:  # rank 0 measures, reports and writes; the others get its result
         return dist.on_main(lambda: None)
     net = net.cpu()  # plots and the saved α read it on the CPU
     if report.capped:
         log.warning("stage A: skip-connection collapse guard replaced %d edge(s): %s", len(report.replaced), report.summary())
-    genotype.save(out / "genotype.json")
-    result: dict[str, Any] = {"genotype": genotype.summary(), "derivation": report.to_dict()}
+    result: dict[str, Any] = {"derivation": report.to_dict()}
     if lat_model is not None:
-        result["latency"] = _latency_report(cfg, lat_model, genotype)
-        if result["latency"]["predicted_ms"] > cfg.latency_budget:
-            log.warning("the derived network is predicted at %.1f ms, over the %.1f ms budget; for a harder "
-                        "constraint use --latency-form hinge (the budget as a constraint) or raise --latency-beta, "
-                        "or search the cheaper --space edge",
-                        result["latency"]["predicted_ms"], cfg.latency_budget)
+        argmax = genotype
+        with torch.random.fork_rng(devices=[]):  # rank 0 only: leave the RNG stream as the other ranks have it
+            genotype, result["latency"] = _keep_promise(cfg, lat_model, genotype, net)
+        if genotype != argmax:
+            argmax.save(out / "search" / "genotype_argmax.json")
+    result["genotype"] = genotype.summary()
+    genotype.save(out / "genotype.json")
     write_json(out / "search" / "report.json", result)
     from .plots import plot_alpha, plot_latency_vs_loss
 
@@ -423,27 +580,40 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
     return dist.on_main(lambda: result)
 
 
-def _latency_report(cfg: SearchConfig, lat_model, genotype) -> dict[str, Any]:
-    predicted = float(lat_model.predict(genotype))
-    rep: dict[str, Any] = {"predicted_ms": predicted, "budget_ms": cfg.latency_budget, "model": lat_model.label,
-                           "estimate": bool(lat_model.estimate), "resolution": list(cfg.resolution)}
-    if cfg.device in ("cpu", "cuda") and not cfg.latency_table:
-        from .deployed import measure_network
+def _keep_promise(cfg: SearchConfig, lat_model, genotype, alpha) -> tuple[Any, dict[str, Any]]:
+    """Measure the derived genotype on the target and repair it until it fits the budget.
 
-        # As deployed, and not with the profiler's harness: a fresh runner per round, consecutive
-        # runs after a warm-up, with the threads and spinning the table was made for.
+    Returns the (possibly changed) genotype and the latency report: predicted and measured ms
+    of the final network, the argmax network's, and every change (:mod:`hbl_edge.search.repair`).
+    """
+    from .repair import repair
+
+    import os
+
+    measure = _measurer(cfg, lat_model)
+    load_before = os.getloadavg()
+    fixed = repair(genotype, alpha, lat_model.predict, cfg.latency_budget, lat_model.fcm, lat_model.hnu, measure=measure)
+    load = {"loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())}
+    final = fixed.genotype
+    predicted = fixed.predicted_ms
+    rep: dict[str, Any] = {"predicted_ms": predicted, "budget_ms": cfg.latency_budget, "model": lat_model.label,
+                           "estimate": bool(lat_model.estimate), "resolution": list(cfg.resolution),
+                           "argmax": fixed.rounds[0], "repair": fixed.to_dict(), "machine_load": load}
+    if measure is not None:
         settings = lat_model.table.settings or {}
-        threads, spinning = settings.get("threads"), settings.get("allow_spinning")
-        measured = measure_network(genotype, cfg.backend, cfg.resolution, device=cfg.device, repeats=15, warmup=3,
-                                   rounds=2, threads=threads, allow_spinning=spinning)
+        measured = fixed.measured_ms
         rep.update(measured_ms=measured, error_pct=100.0 * (predicted - measured) / measured,
                    measured_by="hbl_edge.search.deployed (deployed runner, 3 warm-up + 15 consecutive runs, 2 rounds)",
-                   threads=threads, allow_spinning=spinning)
-        log.info("derived network: predicted %.1f ms, measured %.1f ms (%s)", predicted, measured, cfg.backend)
+                   threads=settings.get("threads"), allow_spinning=settings.get("allow_spinning"))
+        log.info("derived network: predicted %.1f ms, measured %.1f ms (%s), budget %.1f ms, %d change(s)",
+                 predicted, measured, cfg.backend, cfg.latency_budget, len(fixed.changes))
     else:
         rep["measured_ms"] = None
-        rep["why_not_measured"] = f"the target {cfg.device!r} is not this machine; run `hbl-edge bench` there"
-    return rep
+        rep["why_not_measured"] = (f"the target {cfg.device!r} is not this machine: the repair held the prediction to "
+                                   "the budget; measure it there with `hbl-edge bench`")
+    for c in fixed.changes:
+        log.info("repair: %s %s → %s (α-weight %.3f for %.2f ms)", c.where, c.old, c.new, c.alpha_lost, c.ms_saved)
+    return final, rep
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,240 @@
+"""The resolution-decoupled edge network (DESIGN §10): maps at low resolution, inverse at full.
+
+For a genotype with a macro section (``hbl-genotype/2``, :class:`hbl_edge.genotype.Macro`)::
+
+    y (N×3×H×W, any H, W ≥ 1; never padded at full resolution)
+      ─ box-downscale by s (mean of s×s blocks: antialiased; partial edge blocks
+        average the pixels they have)                                                = y_s (⌈H/s⌉×⌈W/s⌉)
+      ─ HNU network (the paper's structure, §2, unchanged inside) on y_s padded to a
+        multiple of 4 (reflect, at low resolution); its tail outputs the task's maps,
+        cropped back to ⌈H/s⌉×⌈W/s⌉:   z  (map_channels, + 3 for scattering)
+      ─ map head:  retinex      L_s = σ(z + b)
+                   scattering   t_s = σ(z_t + b_t),  A = σ(mean_{h,w}(z_A) + b_A)  (one RGB per image)
+      ─ upsample the map to exactly H×W, guided by y (hbl_edge.upsample)              = L or t
+      ─ inverse model at full resolution:
+                   retinex      x = y ⊘ max(L, ε)
+                   scattering   x = (y − A) ⊘ max(t, t₀) + A
+      ─ optional refinement branch at full resolution: x + R(x), R = a few registry ops
+        (3→C_r, ReLU, …, C_r→3), its last conv zero-initialised so training starts at x
+                                                                                      = output
+
+What the network costs at full resolution is a few elementwise passes (the pooling, the
+upsampler's resize and multiply-add, the division) plus the refinement branch when it is on; the
+HNU network runs on H·W/s² pixels. ``s = 1`` is the paper network with a physical output layer.
+
+Export protocol: :class:`EdgeNetwork` is a :class:`~hbl_edge.network.Network`, so the existing
+export path takes it. ``fold_batchnorm`` folds the BatchNorms of its HNUs (the ``units``
+property is the inner network's chain; nothing else here has BatchNorm). It takes every input
+size itself, which it declares with ``input_multiple = 1`` (the export graph then skips its own
+padding to a multiple of 4, two full-resolution Gathers); the low-resolution padding
+(:func:`pad_low`) is made of tensor ops, so one ONNX graph serves every input size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import GenotypeError
+from .genotype import Genotype, Macro
+from .network import PAD_MULTIPLE, Network
+from .ops import make_op
+from .upsample import box_downscale, make_upsampler
+
+#: Initial map-head biases (logits): the maps start at σ(b) where the network has learned nothing.
+#: L = 0.5 (a 2× gain), t = 0.7 (light haze), A = 0.8 (a bright airlight).
+INITIAL_LOGITS = {"L": 0.0, "t": 0.85, "A": 1.4}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inverse models (pure functions; the network applies them at full resolution)
+# ---------------------------------------------------------------------------------------------
+def retinex_inverse(y: torch.Tensor, illumination: torch.Tensor, floor: float) -> torch.Tensor:
+    """x = y ⊘ max(L, ε). y N×3×H×W; L N×1×H×W or N×3×H×W (broadcast)."""
+    return y / torch.clamp(illumination, min=floor)
+
+
+def scattering_inverse(y: torch.Tensor, transmission: torch.Tensor, airlight: torch.Tensor, floor: float) -> torch.Tensor:
+    """J = (y − A) ⊘ max(t, t₀) + A. y N×3×H×W; t N×1|3×H×W; A N×3×1×1 (or any broadcastable)."""
+    return (y - airlight) / torch.clamp(transmission, min=floor) + airlight
+
+
+# ---------------------------------------------------------------------------------------------
+# Trace-safe padding and cropping
+# ---------------------------------------------------------------------------------------------
+def _pad_index(n: torch.Tensor, pad: torch.Tensor, reflect: torch.Tensor) -> torch.Tensor:
+    """Source indices along an axis of length n padded by ``pad`` at the end (0-d int64 tensors)."""
+    i = torch.arange(n + pad)
+    mirrored = torch.where(i < n, i, 2 * (n - 1) - i)
+    return torch.where(reflect, mirrored, torch.minimum(i, n - 1))
+
+
+def pad_low(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+    """:func:`hbl_edge.network.pad_to_multiple` (reflect; replicate when a side is too small to
+    reflect), built from tensor ops on the symbolic H, W (``Where`` + ``Gather``) so the ONNX
+    tracer does not freeze it to the example's size. Meant for the low-resolution image: at full
+    resolution a Gather pad costs as much as the rest of an edge network.
+    """
+    if not torch.jit.is_tracing() and x.shape[2] % multiple == 0 and x.shape[3] % multiple == 0:
+        return x
+    h = torch.as_tensor(x.shape[2])
+    w = torch.as_tensor(x.shape[3])
+    ph = (-h) % multiple
+    pw = (-w) % multiple
+    reflect = (ph < h) & (pw < w)  # the rule of pad_to_multiple: reflection needs pad < size on both axes
+    return x.index_select(2, _pad_index(h, ph, reflect)).index_select(3, _pad_index(w, pw, reflect))
+
+
+def _size(x: torch.Tensor, dim: int):
+    """x.shape[dim] as an int, or as a traced 0-d tensor under the tracer (for dynamic slicing)."""
+    return torch.as_tensor(x.shape[dim]) if torch.jit.is_tracing() else x.shape[dim]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts
+# ---------------------------------------------------------------------------------------------
+class MapNetwork(Network):
+    """The paper's HNU network (§2, unchanged inside) whose tail outputs the task's maps.
+
+    Input N×3×h×w; output N×``macro.out_channels``×h×w logits (no activation).
+    """
+
+    @property
+    def out_channels(self) -> int:  # type: ignore[override]
+        return self.genotype.macro.out_channels
+
+
+class MapHead(nn.Module):
+    """Logits → maps: σ(z + b) for L / t; A = σ(mean(z_A) + b_A), one RGB value per image."""
+
+    def __init__(self, macro: Macro) -> None:
+        super().__init__()
+        self.model, self.map_channels = macro.model, macro.map_channels
+        if macro.model == "retinex":
+            init = [INITIAL_LOGITS["L"]] * macro.map_channels
+        else:
+            init = [INITIAL_LOGITS["t"]] * macro.map_channels + [INITIAL_LOGITS["A"]] * 3
+        self.bias = nn.Parameter(torch.tensor(init).reshape(1, -1, 1, 1))
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(map N×C×h×w, airlight N×3×1×1 or None)."""
+        if self.model == "retinex":
+            return torch.sigmoid(z + self.bias), None
+        c = self.map_channels
+        t = torch.sigmoid(z[:, :c] + self.bias[:, :c])
+        a = torch.sigmoid(z[:, c:].mean(dim=(2, 3), keepdim=True) + self.bias[:, c:])
+        return t, a
+
+
+class Refinement(nn.Module):
+    """x + R(x) at full resolution; R = op₁ (3→C_r), ReLU, …, op_k (C_r→3); k = 1: one 3→3 op.
+
+    The last op's last conv starts at zero, so the branch starts as the identity and only
+    learns a correction (noise, detail) the inverse model cannot express.
+    """
+
+    def __init__(self, ops: tuple[str, ...], width: int) -> None:
+        super().__init__()
+        chans = [3] + [width] * (len(ops) - 1) + [3]
+        self.ops = nn.ModuleList(make_op(op, chans[i], chans[i + 1]) for i, op in enumerate(ops))
+        last = [m for m in self.ops[-1].modules() if isinstance(m, nn.Conv2d)][-1]
+        nn.init.zeros_(last.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = x
+        for k, op in enumerate(self.ops):
+            if k > 0:
+                r = torch.relu(r)
+            r = op(r)
+        return x + r
+
+
+# ---------------------------------------------------------------------------------------------
+# The network
+# ---------------------------------------------------------------------------------------------
+class EdgeNetwork(Network):
+    """The resolution-decoupled network of an ``hbl-genotype/2`` genotype (module docstring).
+
+    Input N×3×H×W in [0, 1], any H, W ≥ 1; output N×3×H×W (unbounded; clamp for images).
+    Attributes: ``core`` (:class:`MapNetwork`), ``head`` (:class:`MapHead`), ``upsampler``,
+    ``refine`` (:class:`Refinement` or None).
+    """
+
+    def __init__(self, genotype: Genotype) -> None:
+        nn.Module.__init__(self)  # Network.__init__ would build the paper layers at this level
+        if genotype.macro is None:
+            raise GenotypeError("EdgeNetwork needs a genotype with a 'macro' section (hbl-genotype/2)")
+        m = genotype.macro
+        self.genotype = genotype
+        self.macro = m
+        self.core = MapNetwork(genotype)
+        self.head = MapHead(m)
+        self.upsampler = make_upsampler(m.upsample, m.scale, m.radius, m.eps)
+        self.refine = Refinement(m.refine, m.refine_channels) if m.refine else None
+
+    @property
+    def units(self) -> nn.ModuleList:  # type: ignore[override]
+        """The HNU chain of the inner network (what ``fold_batchnorm`` folds)."""
+        return self.core.units
+
+    #: Any input size is taken as it is (export protocol: the export graph pads to this multiple).
+    input_multiple = 1
+
+    def maps(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The full-resolution maps of an input (for inspection and tests).
+
+        ``{"L": N×C×H×W}`` (retinex) or ``{"t": N×C×H×W, "A": N×3×1×1}`` (scattering).
+        """
+        m = self.macro
+        low = box_downscale(y, m.scale)
+        z = self.core(pad_low(low))[:, :, : _size(low, 2), : _size(low, 3)]
+        p_low, airlight = self.head(z)
+        p_full = self.upsampler(p_low, y, low)
+        if m.model == "retinex":
+            return {"L": p_full}
+        return {"t": p_full, "A": airlight}
+
+    @torch.no_grad()
+    def init_from_data(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Data-dependent start of the map head (training calls this once, on its first batch).
+
+        Retinex: set the bias so the initial illumination has the batch's exposure ratio,
+        mean L = mean(y) / mean(x) per channel (clipped to [floor, 1]): the global gain is then
+        right from step 0 instead of being learned through the whole network, which took
+        hundreds of steps on LOL (L ≈ 0.1–0.2 against the σ(0) = 0.5 start). Scattering keeps
+        its generic start (t = 0.7, A = 0.8). Returns what was set.
+        """
+        if self.macro.model != "retinex":
+            return {}
+        low = box_downscale(inputs, self.macro.scale)
+        z = self.core(pad_low(low))
+        c = self.macro.map_channels
+        ratio = inputs.mean(dim=(0, 2, 3)) / targets.mean(dim=(0, 2, 3)).clamp(min=1e-4)  # per RGB channel
+        level = ratio.mean().reshape(1) if c == 1 else ratio
+        level = level.clamp(self.macro.floor, 0.99)
+        z_mean = z.mean(dim=(0, 2, 3))
+        self.head.bias.copy_((torch.logit(level) - z_mean).reshape(1, c, 1, 1))
+        return {"L": [round(float(v), 4) for v in level]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an N×3×H×W image batch, got shape {tuple(x.shape)}")
+        maps = self.maps(x)
+        if self.macro.model == "retinex":
+            out = retinex_inverse(x, maps["L"], self.macro.floor)
+        else:
+            out = scattering_inverse(x, maps["t"], maps["A"], self.macro.floor)
+        if self.refine is not None:
+            out = self.refine(out)
+        return out
+
+
+def build_network(genotype) -> Network:
+    """The network of any genotype (alias of :meth:`Network.from_genotype`)."""
+    return Network.from_genotype(genotype)
+
+
+__all__ = [
+    "EdgeNetwork", "MapNetwork", "MapHead", "Refinement", "build_network", "retinex_inverse",
+    "scattering_inverse", "pad_low", "INITIAL_LOGITS",
+]

@@ -1,0 +1,152 @@
+"""Macro search of the edge network: EdgeSupernet, the edge latency model, the outer sweep."""
+
+import json
+
+import pytest
+import torch
+
+from hbl_edge.genotype import FORMAT_V2, load_genotype
+from hbl_edge.search.edge_latency import EdgeLatencyModel, core_genotype, low_resolution, macro_key, measure_parts
+from hbl_edge.search.latency import LatencyModel
+from hbl_edge.search.macro import Candidate, EdgeSupernet, derive_edge, floor_genotype, grid, parse_refine, parse_widths
+
+from latency_fixtures import synthetic_table
+
+
+def test_edge_supernet_derives_an_edge_genotype_and_starts_at_the_exposure_ratio(tmp_path):
+    cand = Candidate(4, (4, 8), 1, ("conv_3x3",))
+    net = EdgeSupernet(cand.macro("lowlight"), "edge", (4, 8), 1, seed=0)
+    x = torch.rand(2, 3, 37, 50) * 0.2
+    target = torch.rand(2, 3, 37, 50) * 0.2 + 0.5
+    net.init_from_data(x, target)
+    with torch.no_grad():
+        p, _, _ = net._maps(x)
+    assert p.shape == (2, 1, 37, 50)
+    ratio = float(x.mean() / target.mean())
+    assert float(p.mean()) == pytest.approx(ratio, rel=0.1)  # σ(z + b) at mean z; the guided filter keeps the mean
+    assert net(x).shape == x.shape
+    g, _ = derive_edge(net)
+    assert g.format == FORMAT_V2 and g.macro == cand.macro("lowlight") and g.units == 1 and g.channels == (4, 8)
+    assert load_genotype(g.save(tmp_path / "g.json")) == g  # the file alone rebuilds it
+
+
+def test_grid_and_parsers():
+    cands = grid((2, 8), ((4, 8),), (1, 3), ((), ("conv_3x3",)))
+    assert len(cands) == 8 and cands[0] == Candidate(2, (4, 8), 1, ())
+    assert parse_widths("8/16,16/32") == ((8, 16), (16, 32))
+    assert parse_refine("none,conv_3x3+conv_1x1") == ((), ("conv_3x3", "conv_1x1"))
+    from hbl_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="C1/C2"):
+        parse_widths("8,16")
+    with pytest.raises(ConfigError, match="no refinement op"):
+        parse_refine("resconv_3x3")
+    with pytest.raises(ConfigError, match="--macro-scales"):
+        grid((3,))
+
+
+def _edge_model(cand, resolution=(64, 48), part=1.5, part_off=0.5):
+    low = low_resolution(resolution, cand.scale)
+    inner = LatencyModel(synthetic_table("edge", cand.channels, low, units=cand.units))
+    m = cand.macro("lowlight")
+    import dataclasses
+
+    parts = {macro_key(m): {"ms": part}, macro_key(dataclasses.replace(m, refine=())): {"ms": part_off}}
+    return EdgeLatencyModel(inner, parts, m, resolution)
+
+
+def test_edge_latency_is_the_inner_network_plus_the_full_resolution_part():
+    cand = Candidate(4, (4, 8), 1, ("conv_3x3",))
+    model = _edge_model(cand)
+    assert model.inner.table.resolution == (16, 12)
+    g = floor_genotype(cand, "lowlight", "edge", model)
+    assert g.macro.refine == ()  # the floor switches the refinement off
+    assert model.predict(g) == pytest.approx(model.inner.predict(core_genotype(g)) + 0.5)
+    import dataclasses
+
+    on = dataclasses.replace(g, macro=cand.macro("lowlight"), format=None)
+    assert model.predict(on) == pytest.approx(model.inner.predict(core_genotype(g)) + 1.5)
+    alpha = model.inner.one_hot_alpha(core_genotype(on))
+    assert float(model.expected(alpha)) == pytest.approx(model.predict(on))  # the search term, one-hot
+    # the repair may switch the branch off: it is a candidate change priced at a whole edge's weight
+    from hbl_edge.search.repair import candidates, edge_probabilities
+
+    probs = edge_probabilities(alpha, model.fcm, model.hnu)
+    changes = [c for c, _ in candidates(on, probs, model.predict, model.fcm, model.hnu)]
+    off = [c for c in changes if c.where == "macro.refine"]
+    assert off and off[0].ms_saved == pytest.approx(1.0) and off[0].alpha_lost == 1.0
+
+
+def test_full_resolution_parts_are_measured_as_deployed():
+    m = Candidate(4, (4, 8), 1, ()).macro("lowlight")
+    got = measure_parts([m], (64, 48), threads=1, repeats=3, warmup=1, rounds=1)
+    row = got[macro_key(m)]
+    assert row["ms"] == pytest.approx(row["shell_ms"] - row["empty_ms"]) and row["shell_ms"] > 0 and row["empty_ms"] > 0
+
+
+def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path):
+    """--macro edge on tiny shapes; the profiled tables are replaced by made-up ones in the run's cache."""
+    from hbl_edge.runio import write_json
+    from hbl_edge.search.config import SearchConfig
+    from hbl_edge.search.driver import run_search
+
+    res = (64, 48)
+    cands = grid((2, 4), ((4, 8),), (1,), ((),))
+    out = tmp_path / "run"
+    cache = out / "latency"
+    cache.mkdir(parents=True)
+    parts = {}
+    for c in cands:
+        low = low_resolution(res, c.scale)
+        synthetic_table("edge", c.channels, low, units=1).save(cache / f"inner_s{c.scale}_4x8.json")
+        # s = 2 made too slow for the budget: it must be pruned without training
+        parts[macro_key(c.macro("lowlight"))] = {"ms": 5000.0 if c.scale == 2 else 1.0}
+    write_json(cache / "parts.json", parts)
+    (out / "loss.json").write_text(json.dumps({"format": "hbl-loss/1", "terms": {"l1": 1.0}}))
+    cfg = SearchConfig(out=str(out), stages="A", space="edge", units=1, crop=32, batch_size=2, steps_a=3,
+                       w_lr=0.02, upper_lr=0.05, device="cpu", latency_budget=1000.0, resolution=res,
+                       deterministic=True, macro="edge", macro_scales=(2, 4), macro_widths=((4, 8),), macro_units=(1,),
+                       macro_refine=((),), macro_steps=2, latency_threads=1)
+    run_search(cfg)
+    sweep = json.loads((out / "search/macro.json").read_text())
+    rows = {r["name"]: r for r in sweep["candidates"]}
+    assert rows["s2 4/8x1 refine:none"]["feasible"] is False and "score" not in rows["s2 4/8x1 refine:none"]
+    assert rows["s4 4/8x1 refine:none"]["feasible"] is True and rows["s4 4/8x1 refine:none"]["steps"] == 2
+    assert sweep["chosen"] == Candidate(4, (4, 8), 1, ()).to_dict()
+    g = load_genotype(out / "genotype.json")
+    assert g.format == FORMAT_V2 and g.macro.scale == 4 and g.units == 1 and g.channels == (4, 8)
+    lat = json.loads((out / "search/report.json").read_text())["latency"]
+    assert lat["measured_ms"] is not None and lat["measured_ms"] <= 1000.0
+    assert lat["repair"]["fits"] is True
+
+
+def test_macro_needs_a_budget():
+    from hbl_edge.errors import ConfigError
+    from hbl_edge.search.config import SearchConfig
+
+    with pytest.raises(ConfigError, match="--latency-budget"):
+        SearchConfig(macro="edge", stages="A").validate()
+    with pytest.raises(ConfigError, match="--macro takes edge"):
+        SearchConfig(macro="grid", latency_budget=5.0).validate()
+
+
+def test_genotype_latency_cli_prices_an_edge_genotype_with_an_edge_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from hbl_edge.cli import app
+
+    cand = Candidate(4, (4, 8), 1, ())
+    model = _edge_model(cand, part=0.7, part_off=0.7)
+    path = model.save(tmp_path / "edge_latency.json")
+    g = floor_genotype(cand, "lowlight", "edge", model)
+    gpath = g.save(tmp_path / "g.json")
+    res = CliRunner().invoke(app, ["genotype", "latency", str(gpath), "--latency-table", str(path)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    assert got["predicted_ms"] == pytest.approx(model.predict(g)) and got["full_resolution_part_ms"] == 0.7
+    assert got["low_resolution"] == [16, 12]
+    assert EdgeLatencyModel.load(path).predict(g) == pytest.approx(model.predict(g))
+    paper = tmp_path / "paper.json"
+    model.inner.table.save(paper)
+    res = CliRunner().invoke(app, ["genotype", "latency", str(gpath), "--latency-table", str(paper)])
+    assert res.exit_code == 2 and "profile --edge" in res.output
