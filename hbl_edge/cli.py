@@ -472,7 +472,9 @@ def stream(
         from .runtime.preview import Preview
 
         pv = Preview(preview)
-    enhancer = Enhancer(model, backend, threads=threads, fp16=fp16)
+    # load_model (through the Enhancer) picks and checks the backend; a bundle's export/ is brought
+    # up to date first where torch is installed, as for `enhance`.
+    enhancer = Enhancer(_deploy_model(model, backend), backend, threads=threads, fp16=fp16)
     try:
         live_line = _StreamLine(err_console)
         pipe = Pipeline(src, sinks, enhancer, config, preview=pv, on_tick=live_line.update)

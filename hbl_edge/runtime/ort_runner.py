@@ -24,6 +24,8 @@ class OrtRunner:
         threads: intra-op threads (None: onnxruntime's default, one per core).
         inter_op_threads: inter-op threads (None: default).
         device_id: CUDA device for the CUDA provider.
+        allow_spinning: whether idle intra-op threads busy-wait for the next piece of work
+            (``session.intra_op.allow_spinning``); None keeps onnxruntime's default (on).
     """
 
     name = "ort"
@@ -36,6 +38,7 @@ class OrtRunner:
         threads: int | None = None,
         inter_op_threads: int | None = None,
         device_id: int = 0,
+        allow_spinning: bool | None = None,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -67,6 +70,8 @@ class OrtRunner:
                 if value < 1:
                     raise BackendError(f"{attr.split('_num')[0].replace('_', '-')} threads must be ≥ 1, got {value}")
                 setattr(opts, attr, int(value))
+        if allow_spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=with_options)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
