@@ -206,6 +206,17 @@ def test_load_model_is_the_one_place_backend_names_are_checked(export_dir, monke
     assert calls == ["tensorflow"]
 
 
+def test_allow_spinning_reaches_the_onnxruntime_session(export_dir):
+    key = "session.intra_op.allow_spinning"
+    for value, entry in ((False, "0"), (True, "1")):
+        with Enhancer(export_dir, backend="ort", threads=2, allow_spinning=value) as enh:
+            assert enh.model.runner.session.get_session_options().get_session_config_entry(key) == entry
+            assert enh.describe()["allow_spinning"] is value
+    with Enhancer(export_dir, backend="ort", threads=2) as enh:  # None: onnxruntime's own default, not set
+        with pytest.raises(Exception, match="does not have configuration with key"):
+            enh.model.runner.session.get_session_options().get_session_config_entry(key)
+
+
 def test_close_closes_the_model_it_loaded_only(export_dir, monkeypatch):
     closed = []
     with Enhancer(export_dir, backend="ort", threads=1) as enh:

@@ -68,6 +68,7 @@ def test_file_to_mp4_and_frames_without_torch(device, tmp_path):
     doc = json.loads(stats.read_text())
     assert doc["frames"]["out"] == 12 and doc["frames"]["dropped"] == 0 and doc["state"] == "ended"
     assert doc["model"]["backend"] == "ort" and doc["model"]["task"] == "lowlight"
+    assert doc["model"]["allow_spinning"] is False  # the stream default (--ort-spinning turns it on)
     assert doc["model"]["model"].startswith(str(model))
     # The image folder holds exactly the model's output on each decoded input frame.
     pngs = sorted(frames.glob("*.png"))
