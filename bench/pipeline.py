@@ -2,7 +2,8 @@
 glass-to-glass latency of an RTP relay against a pass-through with no model.
 
     flock /tmp/hbl-timing.lock nice -n -10 python bench/pipeline.py [--rounds 3] [--frames 150]
-        [--size 320x240] [--seconds 8] [--out bench/results/pipeline.json]
+        [--size 320x240] [--seconds 8] [--batches 1,4] [--spinning default,off]
+        [--out bench/results/pipeline.json]
 
 Model: the demo's searched genotype (bench/results/demo_searched_genotype.json, C = 8/16,
 3 HNUs) at its full compute cost, with the weights of ``tests/pipeline_fakes.gain_model`` (an
@@ -14,7 +15,10 @@ identity path × 1.6: the output is a picture, frame stamps survive it); ONNX Ru
      one call per frame (what ``hbl-edge bench`` times);
    - ``pipeline``: ``Pipeline(file source → Enhancer → mp4 sink)``: decode, convert, infer,
      convert back, x264 encode and mux, in their threads, from start to the closed file;
-     variants: ``batch`` (frames per inference call) and ORT ``threads``.
+     variants: ``batch`` (frames per inference call), ORT ``threads`` and ``spin`` (ORT's
+     ``session.intra_op.allow_spinning``: ``default`` leaves onnxruntime's, on; ``off`` stops its
+     idle intra-op threads busy-waiting, which leaves the cores to decode and encode). The raw
+     runner is timed with each spinning setting too.
 
    Rounds interleave raw and every pipeline variant; medians of frames/s, and the ratio
    pipeline / raw (the goal is ≥ 0.9).
@@ -71,11 +75,15 @@ def pct(values: list[float]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # 1. Throughput
 # ---------------------------------------------------------------------------------------------
-def raw_fps(model: Path, frames: list[np.ndarray], threads: int) -> float:
+#: --spinning names → the allow_spinning argument (None: onnxruntime's default, on)
+SPIN = {"default": None, "off": False, "on": True}
+
+
+def raw_fps(model: Path, frames: list[np.ndarray], threads: int, spin: str = "default") -> float:
     from hbl_edge.runtime.enhancer import to_chw
     from hbl_edge.runtime.runners import create_runner
 
-    runner = create_runner("ort", model / "model.onnx", threads=threads)
+    runner = create_runner("ort", model / "model.onnx", threads=threads, allow_spinning=SPIN[spin])
     batches = [to_chw([f]) for f in frames]
     for b in batches[:3]:
         runner.run(b)
@@ -87,12 +95,12 @@ def raw_fps(model: Path, frames: list[np.ndarray], threads: int) -> float:
     return len(batches) / dt
 
 
-def pipeline_fps(model: Path, clip: Path, out: Path, threads: int, batch: int) -> tuple[float, dict]:
+def pipeline_fps(model: Path, clip: Path, out: Path, threads: int, batch: int, spin: str = "default") -> tuple[float, dict]:
     from hbl_edge.runtime.enhancer import Enhancer
     from hbl_edge.runtime.pipeline import Pipeline, PipelineConfig
     from hbl_edge.runtime.video import VideoOptions, open_sink, open_source
 
-    enh = Enhancer(model, backend="ort", threads=threads)
+    enh = Enhancer(model, backend="ort", threads=threads, allow_spinning=SPIN[spin])
     enh.process([np.zeros((64, 64, 3), np.uint8)])  # the session's first call allocates
     opts = VideoOptions()
     pipe = Pipeline(open_source(str(clip), opts), [open_sink(str(out), opts)], enh,
@@ -104,7 +112,8 @@ def pipeline_fps(model: Path, clip: Path, out: Path, threads: int, batch: int) -
     return final["frames"]["out"] / dt, final
 
 
-def throughput(model: Path, work: Path, size: tuple[int, int], n: int, rounds: int) -> dict:
+def throughput(model: Path, work: Path, size: tuple[int, int], n: int, rounds: int, batches: tuple[int, ...] = (1, 4),
+               spins: tuple[str, ...] = ("default",)) -> dict:
     import av
 
     from streams import make_clip
@@ -113,29 +122,50 @@ def throughput(model: Path, work: Path, size: tuple[int, int], n: int, rounds: i
     with av.open(str(clip)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     cpus = os.cpu_count() or 1
-    variants = {f"pipeline threads={t} batch={b}": (t, b) for t in sorted({cpus, max(1, cpus - 1)}) for b in (1, 4)}
-    raws: dict[int, list[float]] = {t: [] for t, _ in variants.values()}
+    thread_counts = sorted({cpus, max(1, cpus - 1)})
+
+    def spin_tag(s: str) -> str:
+        return "" if s == "default" else f" spin={s}"
+
+    variants = {f"pipeline threads={t} batch={b}{spin_tag(s)}": (t, b, s) for t in thread_counts for b in batches
+                for s in spins}
+    raw_keys = {(t, s): f"threads={t}{spin_tag(s)}" for t in thread_counts for s in spins}
+    raws: dict[tuple[int, str], list[float]] = {k: [] for k in raw_keys}
     pipes: dict[str, list[float]] = {k: [] for k in variants}
     last: dict = {}
     for r in range(rounds):
-        for t in raws:
-            raws[t].append(raw_fps(model, frames, t))
-        for name, (t, b) in variants.items():
-            fps, final = pipeline_fps(model, clip, work / f"out_{r}.mp4", t, b)
+        for t, s in raws:
+            raws[t, s].append(raw_fps(model, frames, t, s))
+        for name, (t, b, s) in variants.items():
+            fps, final = pipeline_fps(model, clip, work / f"out_{r}.mp4", t, b, s)
             pipes[name].append(fps)
             last[name] = {k: final["latency_ms"][k] for k in ("read", "infer")} | {
                 "write": final["sinks"][str(work / f"out_{r}.mp4")]["write_ms"]}
-        print(f"  round {r + 1}/{rounds}: raw {', '.join(f't={t} {v[-1]:.1f}' for t, v in raws.items())} fps; "
+        print(f"  round {r + 1}/{rounds}: raw {', '.join(f'{raw_keys[k]} {v[-1]:.1f}' for k, v in raws.items())} fps; "
               + "; ".join(f"{k.split(' ', 1)[1]} {v[-1]:.1f}" for k, v in pipes.items()), flush=True)
     raw_best = max(statistics.median(v) for v in raws.values())
-    out = {"frames": n, "size": list(size), "raw_fps": {f"threads={t}": round(statistics.median(v), 2) for t, v in raws.items()},
-           "raw_fps_rounds": {f"threads={t}": [round(x, 2) for x in v] for t, v in raws.items()},
+    out = {"frames": n, "size": list(size), "raw_fps": {raw_keys[k]: round(statistics.median(v), 2) for k, v in raws.items()},
+           "raw_fps_rounds": {raw_keys[k]: [round(x, 2) for x in v] for k, v in raws.items()},
            "pipeline_fps": {k: round(statistics.median(v), 2) for k, v in pipes.items()},
            "pipeline_fps_rounds": {k: [round(x, 2) for x in v] for k, v in pipes.items()},
            "stage_ms_last_round": last}
     out["ratio_to_best_raw"] = {k: round(v / raw_best, 3) for k, v in out["pipeline_fps"].items()}
+    # Each spinning setting against onnxruntime's default, round by round (side by side: the load
+    # of the moment cancels out): frames/s with the setting ÷ frames/s with the default.
+    if "default" in spins and len(spins) > 1:
+        per_round: dict[str, list[float]] = {}
+        for (t, s), v in raws.items():
+            if s != "default":
+                per_round[f"raw {raw_keys[t, s]}"] = [round(a / b, 3) for a, b in zip(v, raws[t, "default"])]
+        for name, (t, b, s) in variants.items():
+            if s != "default":
+                base = pipes[f"pipeline threads={t} batch={b}"]
+                per_round[name] = [round(x / y, 3) for x, y in zip(pipes[name], base)]
+        out["spin_vs_default_rounds"] = per_round
+        out["spin_vs_default_median"] = {k: round(statistics.median(v), 3) for k, v in per_round.items()}
+    # against the raw runner at the same threads and onnxruntime's default spinning (what `hbl-edge bench` times)
     out["ratio_same_threads"] = {k: round(out["pipeline_fps"][k] / out["raw_fps"][f"threads={variants[k][0]}"], 3)
-                                 for k in variants}
+                                 for k in variants} if "default" in spins else {}
     return out
 
 
@@ -251,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="latency: ORT threads of the relay (default: cores − 1)")
     ap.add_argument("--genotype", default=str(ROOT / "bench" / "results" / "demo_searched_genotype.json"))
     ap.add_argument("--skip", choices=["throughput", "latency"], default=None)
+    ap.add_argument("--batches", default="1,4", help="throughput: pipeline batch sizes, comma-separated")
+    ap.add_argument("--spinning", default="default",
+                    help="throughput: ORT spinning settings to compare, comma-separated: default, off, on")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "pipeline.json"))
     args = ap.parse_args(argv)
 
@@ -279,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         model = gain_model(work / "model", 1.6, load_genotype(args.genotype))
         if args.skip != "throughput":
             print(f"throughput, {args.frames} frames {size[0]}x{size[1]}:", flush=True)
-            report["throughput"] = throughput(model, work, size, args.frames, args.rounds)
+            spins = tuple(s.strip() for s in args.spinning.split(","))
+            if not spins or any(s not in SPIN for s in spins):
+                ap.error(f"--spinning: choose from {', '.join(SPIN)}")
+            report["throughput"] = throughput(model, work, size, args.frames, args.rounds,
+                                              tuple(int(b) for b in args.batches.split(",")), spins)
         if args.skip != "latency":
             print(f"glass-to-glass latency, {args.seconds:.0f} s at 30 fps per config and round (relay threads={threads}):",
                   flush=True)
@@ -291,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         t = report["throughput"]
         print(f"raw runner: {t['raw_fps']} fps")
         for k, v in t["pipeline_fps"].items():
-            print(f"{k}: {v} fps = {t['ratio_same_threads'][k]:.2f}× raw at the same threads, "
-                  f"{t['ratio_to_best_raw'][k]:.2f}× the best raw")
+            same = t["ratio_same_threads"].get(k)
+            print(f"{k}: {v} fps = " + (f"{same:.2f}× raw at the same threads, " if same is not None else "")
+                  + f"{t['ratio_to_best_raw'][k]:.2f}× the best raw")
+        for k, v in t.get("spin_vs_default_median", {}).items():
+            print(f"{k} ÷ default spinning, per round: {t['spin_vs_default_rounds'][k]} (median {v})")
     if "latency" in report:
         for k, v in report["latency"].items():
             print(f"{k}: glass-to-glass p50 {v['p50_median']} ms, p99 {v['p99_median']} ms (median of rounds)")

@@ -455,6 +455,9 @@ def stream(
     backend: str = typer.Option("auto", help="auto | trt | trt-rtx | ort | torch"),
     fp16: bool = typer.Option(False, "--fp16", help="the FP16 model/engine when there is one"),
     threads: Optional[int] = typer.Option(None, help="CPU threads of the backend"),
+    ort_spinning: bool = typer.Option(
+        False, "--ort-spinning/--no-ort-spinning",
+        help="ort: let idle inference threads busy-wait (off by default: it takes the cores decode and encode need; docs/runtime.md)"),
     input_codec: str = typer.Option("h264", help="RTP payload codec: h264 | h265"),
     input_width: Optional[int] = typer.Option(None, help="ask the camera for / resize frames to this width"),
     input_height: Optional[int] = typer.Option(None, help="ask the camera for / resize frames to this height"),
@@ -495,7 +498,11 @@ def stream(
         from .runtime.preview import Preview
 
         pv = Preview(preview)
-    enhancer = Enhancer(model, backend, threads=threads, fp16=fp16)
+    # load_model (through the Enhancer) picks and checks the backend; a bundle's export/ is brought
+    # up to date first where torch is installed, as for `enhance`. ORT's spinning threads are off
+    # unless asked for: they compete with decode/encode (measured, docs/runtime.md).
+    enhancer = Enhancer(_deploy_model(model, backend), backend, threads=threads, fp16=fp16,
+                        allow_spinning=ort_spinning)
     try:
         live_line = _StreamLine(err_console)
         pipe = Pipeline(src, sinks, enhancer, config, preview=pv, on_tick=live_line.update)

@@ -37,11 +37,21 @@ class FakeSource:
             too when ``refuse_open`` (an RTSP server that is gone).
         sizes: optional function index → (width, height) (resolution changes).
         corrupt_every: every k-th frame counts as corrupt (skipped, counted).
+        paced_by: optional function → how many frames the test's consumers have taken; a live
+            source then hands out frame k only once ``paced_by() >= k`` (a camera in lock-step with
+            its consumers, up to 5 s). Tests that assert *exact* frames on live queues use it: the
+            scheduler of a loaded machine can otherwise delay a consumer thread by a frame
+            interval, and newest-only queues then drop frames, correctly. Drops themselves are
+            tested without it (slow inference, slow sinks).
+
+    ``go_away()`` / ``come_back()``: an outage the test starts and ends itself (as ``outages``, but
+    on the test's schedule rather than the clock's, for tests with slow steps such as a browser).
     """
 
     def __init__(self, n: int | None = 20, *, live: bool = False, fps: float = 100.0, outages: list[tuple[float, float]] = (),
                  refuse_open: bool = False, sizes: Callable[[int], tuple[int, int]] | None = None, timeout_s: float = 0.3,
-                 corrupt_every: int | None = None, open_error: Exception | None = None) -> None:
+                 corrupt_every: int | None = None, open_error: Exception | None = None,
+                 paced_by: Callable[[], int] | None = None) -> None:
         self.uri = parse_uri("rtp://@:5600") if live else parse_uri("clip.mp4")
         self.options = VideoOptions(timeout_s=timeout_s)
         self.live = live
@@ -55,9 +65,20 @@ class FakeSource:
         self.is_open = False
         self.index = 0
         self.t_first_open: float | None = None
+        self.paced_by = paced_by
+        self.handed_out = 0
+        self._gone = threading.Event()
         self._next = 0.0
 
+    def go_away(self) -> None:
+        self._gone.set()
+
+    def come_back(self) -> None:
+        self._gone.clear()
+
     def _in_outage(self) -> tuple[float, float] | None:
+        if self._gone.is_set():
+            return (0.0, float("inf"))
         if self.t_first_open is None:
             return None
         t = time.monotonic() - self.t_first_open
@@ -87,6 +108,10 @@ class FakeSource:
                 time.sleep(min(self.options.timeout_s, max(0.0, out[1] - (time.monotonic() - self.t_first_open))))
                 if self._in_outage():
                     raise SourceLost(f"no packets for {self.options.timeout_s} s")
+            if self.paced_by is not None:
+                end = time.monotonic() + 5.0
+                while self.paced_by() < self.handed_out and time.monotonic() < end:
+                    time.sleep(0.001)
             delay = self._next - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -97,6 +122,7 @@ class FakeSource:
         w, h = self.sizes(self.index)
         f = Frame(pattern(self.index, w, h), self.index)
         self.index += 1
+        self.handed_out += 1
         self.counters["frames"] += 1
         return f
 
@@ -126,6 +152,8 @@ class FakeSink:
         self.frames: list[Frame] = []
         self.write_times: list[float] = []
         self.placeholders: list[np.ndarray] = []  # "waiting for source" pictures during gaps
+        self.attempts = 0  # write() calls with a frame (not placeholders), the failing one included
+        self.failed = False
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -135,7 +163,10 @@ class FakeSink:
 
     def write(self, frame: Frame) -> None:
         assert self.started and not self.closed
+        if not frame.meta.get("placeholder"):
+            self.attempts += 1
         if self.fail_at is not None and len(self.indices) >= self.fail_at:
+            self.failed = True
             raise SinkError("No space left on device")
         if self.delay:
             time.sleep(self.delay)

@@ -510,6 +510,17 @@ class StreamReceiver:
             time.sleep(0.01)
         return self.frames
 
+    def wait_stamp(self, stamp: int, timeout: float = 10.0) -> list[Received]:
+        """Wait until a frame stamped ``stamp`` or later was decoded (the receiver may run behind
+        the sender on a busy machine: stopping it as soon as the sender is done would cut the
+        stream short), at most ``timeout`` s (a lost last frame)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and (self._thread and self._thread.is_alive()):
+            if any(f.stamp is not None and f.stamp >= stamp for f in self.frames[-5:]):
+                break
+            time.sleep(0.01)
+        return self.frames
+
     def wait_open(self, timeout: float = 10.0) -> None:
         self._opened.wait(timeout)
 

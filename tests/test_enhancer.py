@@ -147,6 +147,86 @@ class TestSupportedSizes:
             enh.enhance(frame(48, 64))
 
 
+class _Engine(_Limited):
+    """A runner with an engine's optimisation profiles (what TrtRunner exposes), N×3×H×W."""
+
+    def __init__(self, profiles):
+        super().__init__()
+        self.profiles = profiles
+
+    def run(self, batch):
+        n, _, h, w = batch.shape
+        assert any(all(a <= s <= b for a, s, b in zip(lo, batch.shape, hi)) for lo, _, hi in self.profiles), batch.shape
+        return super().run(batch)
+
+
+class TestEngineProfiles:
+    """LoadedModel.supports()/max_size() from an engine's profiles, through the Enhancer and the pipeline."""
+
+    PROFILES = [((1, 3, 16, 16), (1, 3, 240, 320), (1, 3, 180, 320))]  # 16×16 … 320×180
+
+    def make(self):
+        runner = _Engine(self.PROFILES)
+        model = LoadedModel(runner, "trt", {"task": "lowlight", "backend": "trt", "model": "x.engine"})
+        assert model.max_size() == (320, 180) and model.supports(320, 180) and not model.supports(321, 180)
+        return Enhancer(model), runner
+
+    def test_resolution_changes_mid_stream(self, caplog):
+        from hbl_edge.runtime.pipeline import Pipeline, PipelineConfig
+
+        sizes = {0: (160, 90), 1: (640, 360), 2: (1000, 600), 3: (8, 8), 4: (320, 180)}
+        src = FakeSource(10, sizes=lambda i: sizes[i // 2])
+        sink = FakeSink(keep_images=True)
+        enh, runner = self.make()
+        with caplog.at_level(logging.WARNING, logger="hbl_edge.runtime.enhancer"):
+            final = Pipeline(src, [sink], enh, PipelineConfig(handle_signals=False)).run()
+        # Inside the profile as they are; beyond its max, the largest of the same aspect ratio that
+        # fits (640×360 → 320×180, 1000×600 → 300×180); below its min, 2× (8×8 → 16×16).
+        ran = [(s[3], s[2]) for s in runner.shapes]
+        assert ran == [(160, 90)] * 2 + [(320, 180)] * 2 + [(300, 180)] * 2 + [(16, 16)] * 2 + [(320, 180)] * 2
+        # Raw and enhanced keep lining up: every output has its input's size.
+        assert [im.shape[1::-1] for im in sink.images] == [sizes[i // 2] for i in range(10)]
+        assert final["frames"]["resized"] == 6 and final["frames"]["out"] == 10
+        assert len([r for r in caplog.records if "outside the model's supported sizes" in r.getMessage()]) == 3
+
+
+def test_load_model_is_the_one_place_backend_names_are_checked(export_dir, monkeypatch):
+    import hbl_edge.runtime.model as model_mod
+
+    calls = []
+    real = model_mod.load_model
+
+    def spy(path, backend="auto", **kw):
+        calls.append(backend)
+        return real(path, backend, **kw)
+
+    monkeypatch.setattr(model_mod, "load_model", spy)
+    with pytest.raises(ConfigError, match="unknown backend 'tensorflow'; choose from auto, trt, trt-rtx, ort, torch"):
+        Enhancer(export_dir, backend="tensorflow")
+    assert calls == ["tensorflow"]
+
+
+def test_allow_spinning_reaches_the_onnxruntime_session(export_dir):
+    key = "session.intra_op.allow_spinning"
+    for value, entry in ((False, "0"), (True, "1")):
+        with Enhancer(export_dir, backend="ort", threads=2, allow_spinning=value) as enh:
+            assert enh.model.runner.session.get_session_options().get_session_config_entry(key) == entry
+            assert enh.describe()["allow_spinning"] is value
+    with Enhancer(export_dir, backend="ort", threads=2) as enh:  # None: onnxruntime's own default, not set
+        with pytest.raises(Exception, match="does not have configuration with key"):
+            enh.model.runner.session.get_session_options().get_session_config_entry(key)
+
+
+def test_close_closes_the_model_it_loaded_only(export_dir, monkeypatch):
+    closed = []
+    with Enhancer(export_dir, backend="ort", threads=1) as enh:
+        monkeypatch.setattr(enh.model.runner, "close", lambda: closed.append("owned"))
+    assert closed == ["owned"] and enh.model.closed  # LoadedModel.close (saves an RTX runtime cache)
+    loaded = LoadedModel(_Limited(), "trt", {"model": "x"})
+    Enhancer(loaded).close()
+    assert not loaded.closed  # the caller's
+
+
 class TestTemporalInProcess:
     def test_static_frames_are_averaged(self):
         enh = Enhancer(LoadedModel(_Limited(), "x", {"task": None, "backend": "x", "model": None}))

@@ -121,9 +121,9 @@ class TestLive:
         assert final["latency_ms"]["queue"]["p99"] < 45
 
     def test_slow_sink_does_not_hold_back_the_others(self):
-        # 40 fps leaves the fast sink 25 ms per frame even on a loaded CI box.
-        src = FakeSource(60, live=True, fps=40)
+        # The camera waits for the fast sink (paced_by): the slow one must drop by itself.
         slow, fast = FakeSink("slow.mp4", delay=0.1), FakeSink("fast.mp4")
+        src = FakeSource(60, live=True, fps=40, paced_by=lambda: len(fast.indices))
         _, final = run(src, [slow, fast])
         assert fast.indices == list(range(60))  # the fast one got every frame
         s = final["sinks"]["slow.mp4"]
@@ -132,9 +132,13 @@ class TestLive:
 
     def test_failing_sink_is_dropped_others_go_on(self, caplog):
         bad, good = FakeSink("full.mp4", fail_at=3), FakeSink("good.mp4")
+        # Each frame once both sinks took the previous one (the failed one no longer counts).
+        src = FakeSource(30, live=True, fps=50,
+                         paced_by=lambda: min(len(good.indices), 1 << 30 if bad.failed else bad.attempts))
         with caplog.at_level(logging.ERROR, logger="hbl_edge.runtime.pipeline"):
-            _, final = run(FakeSource(30, live=True, fps=50), [bad, good])
+            _, final = run(src, [bad, good])
         assert good.indices == list(range(30)) and bad.indices == [0, 1, 2] and bad.closed == 1
+        assert final["sinks"]["good.mp4"]["dropped"] == 0 and final["frames"]["dropped"] == 0
         assert final["sinks"]["full.mp4"]["failed"] == "No space left on device"
         msgs = [r.getMessage() for r in caplog.records if "full.mp4" in r.getMessage()]
         assert msgs == ["output full.mp4 failed and was dropped (No space left on device); the other outputs keep going"]
@@ -145,8 +149,9 @@ class TestLive:
 
     def test_reconnect_counts_the_gap_and_sinks_stay_up(self):
         # Frames for 0.4 s, then the server is gone for 1 s (reopen refused), then back.
-        src = FakeSource(None, live=True, fps=50, outages=[(0.4, 1.4)], refuse_open=True, timeout_s=0.2)
         sink, stream = FakeSink(), FakeSink("rtp://127.0.0.1:5601")
+        src = FakeSource(None, live=True, fps=50, outages=[(0.4, 1.4)], refuse_open=True, timeout_s=0.2,
+                         paced_by=lambda: min(len(sink.indices), len(stream.indices)))
         pipe, final = run(src, [sink, stream], duration_s=2.2, reconnect_base_s=0.05, reconnect_cap_s=0.2,
                           gap_frames_s=0.25)
         g = final["gaps"]
@@ -186,8 +191,8 @@ class TestLive:
         assert len(sink.indices) == 5 and sink.indices == sorted(sink.indices) and final["frames"]["out"] == 5
 
     def test_sigint_drains_and_closes(self):
-        src = FakeSource(None, live=True, fps=100)
         a, b = FakeSink("a.mp4"), FakeSink("b.mp4")
+        src = FakeSource(None, live=True, fps=100, paced_by=lambda: min(len(a.indices), len(b.indices)))
         before = signal.getsignal(signal.SIGINT)
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
         t0 = time.monotonic()

@@ -68,6 +68,7 @@ def test_file_to_mp4_and_frames_without_torch(device, tmp_path):
     doc = json.loads(stats.read_text())
     assert doc["frames"]["out"] == 12 and doc["frames"]["dropped"] == 0 and doc["state"] == "ended"
     assert doc["model"]["backend"] == "ort" and doc["model"]["task"] == "lowlight"
+    assert doc["model"]["allow_spinning"] is False  # the stream default (--ort-spinning turns it on)
     assert doc["model"]["model"].startswith(str(model))
     # The image folder holds exactly the model's output on each decoded input frame.
     pngs = sorted(frames.glob("*.png"))
@@ -87,12 +88,17 @@ def _busy_tcp_port():
     return s
 
 
-@pytest.mark.parametrize("case", ["scheme", "input", "model", "backend", "preview", "flip", "rtsp-port"])
+NO_X265 = "import av\nav.codecs_available = frozenset(av.codecs_available) - {'libx265'}\n"
+
+
+@pytest.mark.parametrize("case", ["scheme", "input", "model", "bundle-without-export", "backend", "preview", "flip",
+                                  "rtsp-port", "rtp-port", "codec-name", "codec-missing"])
 def test_bad_arguments_one_line_exit_2_nothing_started(device, tmp_path, case):
     model, clip = device
     out = tmp_path / "out.mp4"
     args = ["stream", str(clip), str(out), "--model", str(model)]
     held = None
+    preamble = ""
     if case == "scheme":
         args[1], expect = "foo://x", "unknown stream URI scheme 'foo'"
     elif case == "input":
@@ -100,9 +106,25 @@ def test_bad_arguments_one_line_exit_2_nothing_started(device, tmp_path, case):
     elif case == "model":
         (tmp_path / "empty").mkdir()
         args[4], expect = str(tmp_path / "empty"), "no model.onnx here or in"
+    elif case == "bundle-without-export":
+        bundle = tmp_path / "bundle"  # a bundle copied without its export/, on a device without torch
+        bundle.mkdir()
+        for name in ("model.json", "model.safetensors"):
+            shutil.copy(model.parent.parent / "run" / name, bundle / name)
+        args[4], expect = str(bundle), "has no export/ folder yet (export it where torch is installed"
     elif case == "backend":
         args += ["--backend", "tensorflow"]
-        expect = "unknown backend 'tensorflow'; known: ort, torch, trt, trt-rtx"
+        expect = "unknown backend 'tensorflow'; choose from auto, trt, trt-rtx, ort, torch"
+    elif case == "rtp-port":
+        held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        held.bind(("0.0.0.0", 0))
+        args[1], expect = f"rtp://@:{held.getsockname()[1]}", f"udp port {held.getsockname()[1]} is already in use"
+    elif case == "codec-name":
+        args += ["--output-codec", "vp9"]
+        expect = "--output-codec 'vp9' is not supported; use h264 or h265"
+    elif case == "codec-missing":
+        args += ["--output-codec", "h265"]
+        preamble, expect = NO_X265, "this PyAV build has no libx265 encoder for h265"
     elif case == "preview":
         held = _busy_tcp_port()
         args += ["--preview", str(held.getsockname()[1])]
@@ -116,7 +138,7 @@ def test_bad_arguments_one_line_exit_2_nothing_started(device, tmp_path, case):
         args.append(f"rtsp://@:{held.getsockname()[1]}/enhanced")
         expect = f"tcp port {held.getsockname()[1]} is already in use"
     try:
-        proc = run_torchless(args, tmp_path / "blocker", cwd=tmp_path, timeout=120)
+        proc = run_torchless(args, tmp_path / "blocker", cwd=tmp_path, timeout=120, preamble=preamble)
     finally:
         if held is not None:
             held.close()

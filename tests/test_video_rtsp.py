@@ -92,9 +92,12 @@ class TestRtspSource:
             src.close()
 
 
-def feed(sink, frames: int, fps: float = 30, start: int = 0) -> None:
+def feed(sink, frames: int, fps: float = 30, start: int = 0, until: threading.Event | None = None) -> None:
+    """Write ``frames`` stamped frames at real-time pace (fewer if ``until`` is set first)."""
     t0 = time.monotonic()
     for i in range(start, start + frames):
+        if until is not None and until.is_set():
+            return
         delay = t0 + (i - start) / fps - time.monotonic()
         if delay > 0:
             time.sleep(delay)
@@ -110,25 +113,86 @@ class TestRtspSink:
         assert sink.describe()["url"] == f"rtsp://127.0.0.1:{port}/enhanced"
         feed(sink, 5)  # nobody watches yet
         assert sink.counters["idle_frames"] == 5
-        writer = threading.Thread(target=feed, args=(sink, 90), kwargs={"start": 5})
+        # Frames at 30 fps until the second player got 75 of them (2.5 s: at least two keyframe
+        # gaps to check), however long the players take to connect on a busy machine.
+        enough = threading.Event()
+        writer = threading.Thread(target=feed, args=(sink, 600), kwargs={"start": 5, "until": enough})
         writer.start()
         ours = open_source(f"rtsp://127.0.0.1:{port}/enhanced", VideoOptions(receiver="gstreamer"))
         ours.open()
         rx = StreamReceiver(f"rtsp://127.0.0.1:{port}/enhanced", stamped=True)  # a second player, libavformat
         got = [ours.read() for _ in range(30)]
+        rx.wait_frames(75, timeout=15)
+        enough.set()
         writer.join()
         rx.stop()
         ours.close()
         sink.close()
+        # Every frame in order, but for those the encoder's 2-frame input queue dropped because it
+        # fell behind on a busy CPU (counted by the sink, and then missing for every player alike).
+        dropped = set(sink.dropped_indices)
+        assert sink.counters["dropped"] == len(dropped) < sink.counters["frames"] // 4
+
+        def expected(first: int, n: int) -> list[int]:
+            return [s for s in range(first, first + n + len(dropped)) if s not in dropped][:n]
+
         stamps = [read_stamp(f.image) for f in got]
-        assert stamps == list(range(stamps[0], stamps[0] + 30))
+        assert stamps[0] is not None and stamps == expected(stamps[0], 30)
         # whole pictures, not only the stamp band: compare with what was sent
         assert max(float(np.abs(f.image.astype(int) - synth_frame(s, stamp=True)).mean()) for f, s in
                    zip(got, stamps)) < 8
         theirs = [f.stamp for f in rx.frames]
-        assert len(theirs) >= 20 and theirs == list(range(theirs[0], theirs[0] + len(theirs)))
+        assert len(theirs) >= 20 and theirs == expected(theirs[0], len(theirs))
+        assert rx.frames[0].key  # its first picture is whole (a keyframe was asked for when it started playing)
         assert max(keyframe_gaps(rx.frames)) <= 1.0 + 0.05
         assert sink.counters["clients"] == 2
+
+    def test_a_slow_model_still_gets_a_keyframe_every_second(self):
+        """Frames at 10 fps (a model slower than the camera) into a 30 fps stream: x264's GOP (30
+        frames) alone would put keyframes 3 s apart; the sink asks for one when the time is up."""
+        port = free_tcp_port()
+        sink = open_sink(f"rtsp://127.0.0.1:{port}/slow")
+        sink.start()
+        enough = threading.Event()  # 3.2 s of frames at the player: at least two keyframe gaps
+        writer = threading.Thread(target=feed, args=(sink, 300), kwargs={"fps": 10, "until": enough})
+        writer.start()
+        rx = StreamReceiver(f"rtsp://127.0.0.1:{port}/slow", stamped=True)
+        rx.wait_frames(32, timeout=20)
+        enough.set()
+        writer.join()
+        rx.stop()
+        sink.close()
+        assert rx.error is None and len(rx.frames) >= 32
+        assert rx.frames[0].key  # a player's first picture is whole
+        gaps = keyframe_gaps(rx.frames)
+        assert len(gaps) >= 2 and max(gaps) <= 1.0 + 0.05, gaps
+
+    def test_frames_the_encoder_cannot_take_are_dropped_and_counted(self):
+        """A burst written faster than the encoder runs: its 2-frame input queue drops the oldest
+        (latency stays bounded); each dropped frame is counted, and every other one reaches the
+        player (TCP: nothing is lost on the way)."""
+        port = free_tcp_port()
+        sink = open_sink(f"rtsp://127.0.0.1:{port}/burst")
+        sink.start()
+        writer = threading.Thread(target=feed, args=(sink, 30))
+        writer.start()
+        rx = StreamReceiver(f"rtsp://127.0.0.1:{port}/burst", stamped=True)
+        writer.join()
+        rx.wait_open()  # playing: the burst goes to the encoder, not to idle_frames
+        before = sink.counters["dropped"]
+        for i in range(30, 60):  # back to back: 30 frames in a few ms
+            sink.write(Frame(synth_frame(i, stamp=True), i))
+        feed(sink, 15, start=60)  # then real time again, so the burst's survivors are flushed out
+        rx.wait_stamp(74)
+        rx.stop()
+        sink.close()
+        dropped = set(sink.dropped_indices)
+        received = {f.stamp for f in rx.frames}
+        burst = set(range(30, 60))
+        assert sink.counters["dropped"] - before >= 10  # 30 frames at once do not fit a 2-frame queue
+        assert len(dropped) == sink.counters["dropped"] and not (dropped & received)
+        assert (burst - dropped) <= received  # what the queue kept was encoded and sent
+        assert burst <= received | dropped  # and the rest is accounted for
 
     def test_port_in_use_is_a_stream_error(self):
         with socket.socket() as s:

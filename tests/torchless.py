@@ -30,11 +30,15 @@ sys.meta_path.insert(0, _Refuse())
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torchless_env(folder: str | os.PathLike[str], env: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment whose Python refuses :data:`BLOCKED`; ``folder`` receives the sitecustomize."""
+def torchless_env(folder: str | os.PathLike[str], env: dict[str, str] | None = None, *, preamble: str = "") -> dict[str, str]:
+    """An environment whose Python refuses :data:`BLOCKED`; ``folder`` receives the sitecustomize.
+
+    ``preamble``: more code for the sitecustomize (e.g. to take an encoder out of PyAV, as on a
+    device whose FFmpeg lacks it).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(blocked=BLOCKED))
+    (folder / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(blocked=BLOCKED) + preamble)
     out = dict(os.environ if env is None else env)
     # The blocker first, then this checkout (so the code under test is imported, not an install).
     out["PYTHONPATH"] = os.pathsep.join([str(folder), str(REPO)] + [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -69,10 +73,11 @@ def tiny_export(root: str | os.PathLike[str], *, task: str = "lowlight", fp16: b
 
 
 def run_torchless(args: Sequence[str], folder: str | os.PathLike[str], *, cwd: str | os.PathLike[str] | None = None,
-                  timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+                  timeout: float = 180, env: dict[str, str] | None = None, preamble: str = "") -> subprocess.CompletedProcess:
     """``python -m hbl_edge.cli ARGS`` (or ``python ARGS[1:]`` when ARGS[0] is ``"python"``) with torch blocked."""
     argv = [sys.executable, *args[1:]] if args and args[0] == "python" else [sys.executable, "-m", "hbl_edge.cli", *args]
-    return subprocess.run(argv, cwd=cwd, env=torchless_env(folder, env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv, cwd=cwd, env=torchless_env(folder, env, preamble=preamble), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 __all__ = ["BLOCKED", "run_torchless", "tiny_export", "torchless_env"]

@@ -13,9 +13,11 @@ Torch-free (the model is loaded with :func:`hbl_edge.runtime.model.load_model`),
 a Jetson with TensorRT or ONNX Runtime only.
 
 Frame sizes: a model that can only run some sizes (a TensorRT engine's profiles) exposes
-``supports(width, height)``; a frame of another size is resized to the nearest supported size
-of the same aspect ratio for the model and the output scaled back, with one warning per size.
-ONNX models run any size.
+``supports(width, height)`` and ``max_size()`` (:class:`~hbl_edge.runtime.model.LoadedModel`); a
+frame of another size is resized for the model, keeping its aspect ratio (to the largest size
+within the engine's largest profile when the frame is beyond it, else the first of ½, ¼, ⅛, 2×,
+4× that it supports), and the output scaled back, with one warning per size. ONNX models run
+any size.
 """
 
 from __future__ import annotations
@@ -70,19 +72,23 @@ class Enhancer:
             already loaded :class:`~hbl_edge.runtime.model.LoadedModel` (not closed by us).
         backend: ``auto | trt | trt-rtx | ort | torch`` (see ``hbl-edge enhance --help``).
         threads: CPU threads of the backend; ``fp16``: use the FP16 model/engine when there is one.
+        allow_spinning: ONNX Runtime's idle threads busy-wait (None: its default; see
+            :func:`~hbl_edge.runtime.model.load_model`).
     """
 
-    def __init__(self, model: Any, backend: str = "auto", *, threads: int | None = None, fp16: bool = False) -> None:
+    def __init__(self, model: Any, backend: str = "auto", *, threads: int | None = None, fp16: bool = False,
+                 allow_spinning: bool | None = None) -> None:
         if hasattr(model, "runner"):
             self.model, self._owns = model, False
         else:
             from .model import load_model
-            from .runners import get_backend
 
-            if backend != "auto":
-                get_backend(backend)  # an unknown name fails here, whatever load_model does with it
-            self.model, self._owns = load_model(model, backend, threads=threads, fp16=fp16), True
+            # load_model checks the backend name (the one place: auto order, unknown names,
+            # what can run here) and owns the runner's options.
+            self.model, self._owns = load_model(model, backend, threads=threads, fp16=fp16,
+                                                allow_spinning=allow_spinning), True
         self._supports: Callable[[int, int], bool] | None = getattr(self.model, "supports", None)
+        self._max_size: Callable[[], tuple[int, int] | None] | None = getattr(self.model, "max_size", None)
         self._plan: dict[tuple[int, int], tuple[int, int]] = {}
         self._lock = threading.Lock()
         #: frames resized because the model does not run their size
@@ -116,8 +122,15 @@ class Enhancer:
         return plan
 
     def _fit(self, width: int, height: int) -> tuple[int, int]:
+        """The size to run a frame the model cannot run: the largest of the same aspect ratio within
+        the model's largest profile (a frame beyond the engine's max), else ½, ¼, ⅛, 2×, 4×."""
         assert self._supports is not None
-        candidates = [(max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)) for s in _SCALES]
+        candidates = []
+        largest = self._max_size() if self._max_size is not None else None
+        if largest is not None and (width > largest[0] or height > largest[1]):
+            scale = min(largest[0] / width, largest[1] / height)
+            candidates.append((max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)))
+        candidates += [(max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)) for s in _SCALES]
         candidates += [p for k, p in self._plan.items() if p == k]  # sizes seen running as they are
         for w, h in candidates:
             if self._supports(w, h):

@@ -341,6 +341,7 @@ def load_model(
     device: str = "cpu",
     compile: bool = False,
     workspace_mb: int = 1024,
+    allow_spinning: bool | None = None,
     **runner_options: Any,
 ) -> LoadedModel:
     """A ready :class:`LoadedModel` for the model at ``path`` (see the module docstring).
@@ -360,6 +361,10 @@ def load_model(
         device_id: CUDA device (engines, onnxruntime's CUDA provider).
         device, compile: the torch backend's device and ``torch.compile``.
         workspace_mb: engine builder workspace.
+        allow_spinning: ``ort`` only (ignored by the other backends, so it may be given with
+            ``auto``): whether idle ONNX Runtime intra-op threads busy-wait for work
+            (``session.intra_op.allow_spinning``; None: onnxruntime's default, on). Off leaves the
+            cores to other threads between runs (a video pipeline's decode and encode).
         runner_options: passed to the runner (e.g. ``providers=`` for ``ort``).
 
     Raises:
@@ -390,8 +395,10 @@ def load_model(
     if name == "ort":
         onnx = _onnx_for_ort(manifest, precision)
         manifest.verify(onnx)
-        runner = create_runner("ort", onnx, threads=threads, device_id=device_id, **runner_options)
-        info.update(model=str(onnx), providers=list(getattr(runner, "providers", [])), threads=threads)
+        runner = create_runner("ort", onnx, threads=threads, device_id=device_id, allow_spinning=allow_spinning,
+                               **runner_options)
+        info.update(model=str(onnx), providers=list(getattr(runner, "providers", [])), threads=threads,
+                    allow_spinning=allow_spinning)
         return LoadedModel(runner, name, info, source, manifest)
     return _load_engine(name, source, manifest, info, precision=precision, shapes=shapes, engine_dir=engine_dir,
                         runtime_cache=runtime_cache, device_id=device_id, workspace_mb=workspace_mb,

@@ -297,10 +297,14 @@ class AvVideoWriter:
     """Encodes frames into an open PyAV output container with the keyframe rule of the sinks.
 
     Keyframes: the encoder's GOP is ``round(rate · keyframe_interval_s)`` frames and, because a
-    live source's real rate is not known in advance, a keyframe is also forced whenever
-    ``keyframe_interval_s`` of output time has passed since the last one; SPS/PPS are repeated
-    before every keyframe (``repeat-headers``), so a receiver that joins late or lost packets
-    has a picture within the interval.
+    live source's real rate is not known in advance, a keyframe is also forced on a frame when
+    the next one, expected one frame interval later, would be ``keyframe_interval_s`` or more
+    after the last keyframe (:meth:`key_due`). The expected interval is the nominal one, or the
+    last observed when frames come slower (a model slower than the camera), so a frame that
+    arrives late by up to one interval (scheduling jitter on a busy CPU) still finds a keyframe
+    within the interval before it. SPS/PPS are repeated before every keyframe
+    (``repeat-headers``), so a receiver that joins late or lost packets has a picture within the
+    interval.
 
     Args:
         container: a PyAV output container (``av.open(..., "w")``), owned and closed by this writer.
@@ -325,6 +329,7 @@ class AvVideoWriter:
         self.keyframes = 0
         self.bytes = 0
         self._last_key: float | None = None
+        self._last_t: float | None = None
         self._closed = False
 
     def _open_stream(self, width: int, height: int) -> None:
@@ -361,16 +366,34 @@ class AvVideoWriter:
         vf = av.VideoFrame.from_ndarray(image, format="rgb24")
         vf.pts = round(t * 90000)
         vf.time_base = TIME_BASE
-        half = 0.5 / self.rate
-        if self._last_key is None or t - self._last_key >= self.options.keyframe_interval_s - half:
+        if self.key_due(t):
             vf.pict_type = av.video.frame.PictureType.I
             self._last_key = t
+        self._last_t = t
         try:
             for packet in self.stream.encode(vf):
                 self._mux(packet)
         except (OSError, av.error.FFmpegError) as e:
             raise SinkError(f"{self.what}: {one_line(e)}") from None
         self.frames += 1
+
+    def key_due(self, t: float) -> bool:
+        """Whether the frame at output time ``t`` must be a keyframe: the first one, or one after
+        which the next frame (``t`` + the expected frame interval) would be at least
+        ``keyframe_interval_s`` after the last keyframe.
+
+        Expected interval: the nominal 1/rate, or the last observed one when it is longer (capped
+        at half the keyframe interval, so one long pause does not force a run of keyframes).
+        On frames at the nominal rate this puts keyframes ``round(rate · interval) − 1`` frames
+        apart (29 at 30 fps and 1 s), which leaves one frame interval of slack for jitter.
+        """
+        if self._last_key is None:
+            return True
+        interval = self.options.keyframe_interval_s
+        step = 1.0 / self.rate
+        if self._last_t is not None:
+            step = max(step, min(t - self._last_t, interval / 2))
+        return t - self._last_key >= interval - step - 1e-6
 
     def _mux(self, packet: Any) -> None:
         if packet.is_keyframe:

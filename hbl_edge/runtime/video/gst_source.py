@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 #: What every pipeline ends with: RGB frames into an appsink that never blocks the pipeline.
 #: Data keeps arriving but no picture decodes: give up after this long (a keyframe may be a GOP away).
 NO_PICTURE_S = 10.0
+#: libav decoder options of every GStreamer receiver: no picture before the first keyframe. A
+#: receiver that joins mid-GOP (a player connecting to a running RTSP server, a relay started
+#: after the vehicle) would otherwise output grey garbage built on missing references until the
+#: next keyframe; after that first keyframe, frames with concealed losses still come out (FFmpeg
+#: marks the stream recovered), as with the ``packets`` receiver's skip-until-keyframe.
+DECODER_OPTIONS = "output-corrupt=false"
 APPSINK = ("videoconvert ! video/x-raw,format=RGB ! "
            "appsink name=sink sync=false max-buffers=4 drop=true emit-signals=false")
 
@@ -203,4 +209,4 @@ def _message(err: Any) -> str:
     return one_line(getattr(err, "message", None) or err)
 
 
-__all__ = ["APPSINK", "GstSource", "quote"]
+__all__ = ["APPSINK", "DECODER_OPTIONS", "GstSource", "quote"]

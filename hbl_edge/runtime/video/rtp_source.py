@@ -33,7 +33,7 @@ from ._common import (
 )
 from ._deps import gst_available, need_av, one_line
 from .base import CODECS, SOURCES, Frame, SourceLost, StreamError, Uri, VideoOptions
-from .gst_source import APPSINK, GstSource
+from .gst_source import APPSINK, DECODER_OPTIONS, GstSource
 from .rtp_depay import Depacketizer, SequenceCounter, sprop_parameter_sets
 from .sdp import SdpInfo, make_sdp, read_sdp
 
@@ -214,7 +214,7 @@ class GstRtpSource(GstSource):
     def description(self) -> str:
         addr = _bind_address(self.info.address) or "0.0.0.0"
         return (f"udpsrc name=src address={addr} port={self.info.port} reuse=false buffer-size={UDP_RCVBUF} ! "
-                f"{self._depay} name=depay ! {self._dec} ! {self.scale()}{APPSINK}")
+                f"{self._depay} name=depay ! {self._dec} {DECODER_OPTIONS} ! {self.scale()}{APPSINK}")
 
     def inspect(self, buffer: Any) -> None:
         """Count what the packets receiver counts, from the RTP headers entering the depayloader

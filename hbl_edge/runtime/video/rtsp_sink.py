@@ -4,8 +4,12 @@ one).
 
 One shared media per mount: every client sees the same encoder output
 (``appsrc ! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast ! rtph264pay``: SPS/PPS
-in-band before every keyframe, a keyframe every ``keyframe_interval_s`` at the nominal rate). Frames written while nobody watches are counted in ``idle_frames`` and dropped
-without encoding. ``rtsp://@:8554/enhanced`` listens on every address; ``rtsp://127.0.0.1:8554/x``
+in-band before every keyframe). Keyframes: at least one every ``keyframe_interval_s`` of real
+time (the GOP is that many frames at the nominal rate, and a key unit is requested from the
+encoder when the time is up, so a model slower than the nominal rate does not stretch the
+interval), and one as soon as a player starts playing (its transport attached), so its first
+picture is whole. Frames written while nobody watches are counted in ``idle_frames`` and
+dropped without encoding. ``rtsp://@:8554/enhanced`` listens on every address; ``rtsp://127.0.0.1:8554/x``
 only on that one.
 
 The server runs its own GLib main loop in a thread; ``write()`` pushes buffers into the current
@@ -15,9 +19,11 @@ GStreamer or gst-rtsp-server missing → :class:`StreamError` naming the package
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 from ._common import SizeKeeper, check_tcp_free
@@ -29,7 +35,10 @@ log = logging.getLogger(__name__)
 
 class RtspSink:
     """Counters: ``frames`` (pushed to the encoder), ``idle_frames`` (nobody connected),
-    ``clients`` (connections so far)."""
+    ``clients`` (connections so far), ``keyframes`` / ``forced_keyframes``, ``dropped`` (pushed
+    but dropped by the encoder's input queue because the encoder was behind: a CPU too busy to
+    encode in real time; the queue keeps the newest 2 so latency stays bounded). The indices of
+    the last dropped frames are in :attr:`dropped_indices`."""
 
     def __init__(self, uri: Uri, options: VideoOptions):
         self.uri = uri
@@ -38,9 +47,16 @@ class RtspSink:
         self.host = uri.host or ""
         self.path = uri.path if uri.path and uri.path != "/" else "/stream"
         self.what = f"rtsp server {uri.text}"
-        self.counters: dict[str, int] = {"frames": 0, "idle_frames": 0, "clients": 0}
+        self.counters: dict[str, int] = {"frames": 0, "idle_frames": 0, "clients": 0, "keyframes": 0,
+                                         "forced_keyframes": 0, "dropped": 0}
         self._lock = threading.Lock()
-        self._appsrcs: list[Any] = []
+        self._media: list[tuple[Any, Any]] = []  # (appsrc, payloader) of every prepared media
+        self._appsrcs: list[Any] = []  # where frames go (a media being prepared needs them for its SDP)
+        self._last_key: float | None = None  # time.monotonic() of the last keyframe out of the encoder
+        self._last_write: float | None = None
+        self._seq = 0  # push number, carried in each buffer's offset to see which the queue dropped
+        self._in_flight: dict[Any, collections.deque[tuple[int, int]]] = {}  # appsrc → (seq, frame index)
+        self.dropped_indices: collections.deque[int] = collections.deque(maxlen=256)
         self._caps: Any = None
         self._fit = SizeKeeper(self.what)
         self._server: Any = None
@@ -98,19 +114,70 @@ class RtspSink:
     # -- GLib thread --------------------------------------------------------------------------
     def _on_client(self, server: Any, client: Any) -> None:
         self.counters["clients"] += 1
+        client.connect("play-request", self._on_play)
 
     def _on_media(self, factory: Any, media: Any) -> None:
-        appsrc = media.get_element().get_by_name_recurse_up("src")
+        element = media.get_element()
+        appsrc = element.get_by_name_recurse_up("src")
+        pay = element.get_by_name_recurse_up("pay0")
+        # Keyframes as they leave the encoder (no DELTA_UNIT flag), for the time-based keyframe rule.
+        pay.get_static_pad("sink").add_probe(self._Gst.PadProbeType.BUFFER, self._on_encoded)
         with self._lock:
             if self._caps is not None:
                 appsrc.set_property("caps", self._caps)
+            self._media.append((appsrc, pay))
             self._appsrcs.append(appsrc)
+            self._in_flight[appsrc] = collections.deque()
+        appsrc.get_static_pad("src").add_probe(self._Gst.PadProbeType.BUFFER,
+                                               lambda pad, info: self._on_dequeued(appsrc, info))
         media.connect("unprepared", lambda m: self._forget(appsrc))
+
+    def _on_play(self, client: Any, ctx: Any) -> None:
+        # gst-rtsp-server emits play-request after the session's media went to PLAYING, with the
+        # player's transport attached: frames from now on reach it. The frame being encoded right
+        # now may have been cut (its first slices left before the transport was there): ask for a
+        # keyframe so the player's first picture is whole instead of grey until the next GOP.
+        with self._lock:
+            pays = [pay for _, pay in self._media]
+        for pay in pays:
+            self._request_keyframe(pay)
 
     def _forget(self, appsrc: Any) -> None:
         with self._lock:
+            self._media = [(a, p) for a, p in self._media if a is not appsrc]
+            self._in_flight.pop(appsrc, None)
             if appsrc in self._appsrcs:
                 self._appsrcs.remove(appsrc)
+
+    def _on_dequeued(self, appsrc: Any, info: Any) -> Any:
+        """A buffer left the appsrc queue for the encoder: the pushes queued before it and not seen
+        were dropped by the queue (leaky, oldest first)."""
+        buf = info.get_buffer()
+        with self._lock:
+            pending = self._in_flight.get(appsrc)
+            while pending and buf is not None and pending[0][0] < buf.offset:
+                self.dropped_indices.append(pending.popleft()[1])
+                self.counters["dropped"] += 1
+            if pending and buf is not None and pending[0][0] == buf.offset:
+                pending.popleft()
+        return self._Gst.PadProbeReturn.OK
+
+    def _on_encoded(self, pad: Any, info: Any) -> Any:
+        buf = info.get_buffer()
+        if buf is not None and not buf.has_flags(self._Gst.BufferFlags.DELTA_UNIT):
+            self._last_key = time.monotonic()
+            self.counters["keyframes"] += 1
+        return self._Gst.PadProbeReturn.OK
+
+    def _request_keyframe(self, pay: Any) -> None:
+        """Ask the encoder for a key unit (SPS/PPS included): an upstream GstForceKeyUnit event,
+        which GStreamer video encoders (x264enc, x265enc, the Jetson's nvv4l2h264enc) honour on
+        the next frame they encode; upstream events may be sent from any thread."""
+        Gst = self._Gst
+        event = Gst.Event.new_custom(Gst.EventType.CUSTOM_UPSTREAM,
+                                     Gst.Structure.new_from_string("GstForceKeyUnit, all-headers=(boolean)true"))
+        if pay.send_event(event):
+            self.counters["forced_keyframes"] += 1
 
     # -- pipeline thread ----------------------------------------------------------------------
     def write(self, frame: Frame) -> None:
@@ -129,13 +196,41 @@ class RtspSink:
         if not targets:
             self.counters["idle_frames"] += 1
             return
+        now = time.monotonic()
+        self._keyframe_due(now)
         buf = Gst.Buffer.new_wrapped(image.tobytes())
+        self._seq += 1
+        buf.offset = self._seq
+        with self._lock:
+            for src in targets:
+                pending = self._in_flight.get(src)
+                if pending is not None:
+                    pending.append((self._seq, frame.index))
+                    while len(pending) > 64:  # a media that stopped pulling (going away): keep it bounded
+                        pending.popleft()
         for src in targets:
             ret = src.emit("push-buffer", buf)
             if ret not in (Gst.FlowReturn.OK, Gst.FlowReturn.FLUSHING):
                 # The media went away between our look and our push (a client left): not an error.
                 log.debug("%s: push-buffer returned %s", self.what, ret)
         self.counters["frames"] += 1
+
+    def _keyframe_due(self, now: float) -> None:
+        """Request a keyframe when the next frame (one frame interval from now: the nominal one, or
+        the last observed when frames come slower) would be past ``keyframe_interval_s`` since the
+        last keyframe: the encoder's GOP counts frames, which a slow model stretches in time."""
+        interval = self.options.keyframe_interval_s
+        nominal = 1.0 / float(self.options.rate or 30.0)
+        last_dt = now - self._last_write if self._last_write is not None else nominal
+        self._last_write = now
+        step = max(nominal, min(last_dt, interval / 2))
+        if self._last_key is None or now - self._last_key < interval - step:
+            return
+        self._last_key = now  # requested: not again before this one is out (the probe updates it)
+        with self._lock:
+            pays = [pay for _, pay in self._media]
+        for pay in pays:
+            self._request_keyframe(pay)
 
     def close(self) -> None:
         if self._closed or self._server is None:

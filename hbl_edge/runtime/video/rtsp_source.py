@@ -24,7 +24,7 @@ from typing import Any
 from ._common import Conditioner, av_errors, RgbConverter, live_decoder
 from ._deps import gst_available, need_av, one_line
 from .base import SOURCES, Frame, SourceLost, StreamError, Uri, VideoOptions
-from .gst_source import APPSINK, GstSource, quote
+from .gst_source import APPSINK, DECODER_OPTIONS, GstSource, quote
 from .rtp_source import options_from_query
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,13 @@ class GstRtspSource(GstSource):
     def description(self) -> str:
         o = self.options
         tcp_timeout = int(o.timeout_s * 1e6)
+        # drop-on-latency stays off: with latency=0 the jitter buffer would drop the packets of a
+        # frame whenever decoding falls a moment behind (a busy CPU), and every later frame up to
+        # the next keyframe decodes from a broken reference. Whole frames are dropped after
+        # decoding instead (the pipeline keeps the newest; the appsink holds at most 4).
         return (f"rtspsrc location={quote(self.url)} latency={o.latency_ms} protocols={o.transport} "
-                f"drop-on-latency=true tcp-timeout={tcp_timeout} timeout={tcp_timeout} ! "
-                f"{self._depay} name=depay ! {self._dec} ! {self.scale()}{APPSINK}")
+                f"drop-on-latency=false tcp-timeout={tcp_timeout} timeout={tcp_timeout} ! "
+                f"{self._depay} name=depay ! {self._dec} {DECODER_OPTIONS} ! {self.scale()}{APPSINK}")
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "kind": "rtsp", "url": self.url, "transport": self.options.transport,
