@@ -577,6 +577,11 @@ def search(
     latency_table: Optional[Path] = typer.Option(None, help="latency table measured on the target (hbl-edge profile)"),
     latency_form: str = typer.Option("multiplicative", help="multiplicative L·(LAT/T)^β | additive L + μ·LAT/T | hinge L·max(1, LAT/T)^β"),
     latency_beta: float = typer.Option(0.2, help="β of the multiplicative and hinge forms"),
+    latency_threads: Optional[int] = typer.Option(
+        None, help="intra-op threads of the runner the latency is for (default: the backend's, as `hbl-edge bench`)"),
+    latency_spinning: Optional[bool] = typer.Option(
+        None, "--latency-spinning/--no-latency-spinning",
+        help="onnxruntime spinning of the runner the latency is for (default: onnxruntime's, on; `hbl-edge stream` runs it off)"),
     latency_mu: float = typer.Option(0.1, help="μ of the additive form"),
     resolution: str = typer.Option("1280x720", help="WxH the budget refers to"),
     space: str = typer.Option("paper", help="search space: paper | edge"),
@@ -620,6 +625,7 @@ def search(
         task=task, data=data, test_data=test_data, out=str(out), stages=stages, space=space, device=device, backend=backend,
         latency_table=str(latency_table) if latency_table else None, latency_budget=budgets[0] if budgets else None,
         resolution=parse_resolution(resolution, minimum=4), latency_form=latency_form, latency_beta=latency_beta,
+        latency_threads=latency_threads, latency_spinning=latency_spinning,
         latency_mu=latency_mu, order=order,
         objective=objective, critic=str(critic) if critic else None, steps_l=steps_l, steps_a=steps_a,
         steps_t=steps_t, seed=seed, deterministic=deterministic, quick=quick, threads=threads,

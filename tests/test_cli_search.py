@@ -86,3 +86,30 @@ def test_search_cli_pareto_sweep_and_errors(tmp_path, monkeypatch):
         res = invoke("search", "--out", tmp_path / "r", *args)
         assert res.exit_code == 2, (args, res.output)
         assert needle in res.output and "Traceback" not in res.output
+
+
+def test_search_cli_latency_runner_settings(tmp_path, monkeypatch):
+    """--latency-threads / --no-latency-spinning reach the search's config (the table is profiled
+    and the derived network measured for that runner); a bad thread count is one line, exit 2."""
+    import hbl_edge.cli as cli
+
+    seen = {}
+
+    class Done:
+        interrupted = False
+
+    def fake(cfg, resume=False):
+        seen["cfg"] = cfg
+        return Done()
+
+    monkeypatch.setattr(cli, "run_search_with_progress", fake)
+    monkeypatch.setattr(cli, "print_search_summary", lambda out: None)
+    res = invoke("search", "--quick", "--out", tmp_path / "r", "--latency-threads", "1", "--no-latency-spinning")
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"].latency_threads == 1 and seen["cfg"].latency_spinning is False
+    res = invoke("search", "--quick", "--out", tmp_path / "r2")
+    assert res.exit_code == 0 and seen["cfg"].latency_threads is None and seen["cfg"].latency_spinning is None
+    seen["cfg"].validate()
+    monkeypatch.setattr(cli, "run_search_with_progress", lambda cfg, resume=False: cfg.validate())
+    res = invoke("search", "--quick", "--out", tmp_path / "r3", "--latency-threads", "0")
+    assert res.exit_code == 2 and "--latency-threads must be ≥ 1" in res.output and "Traceback" not in res.output

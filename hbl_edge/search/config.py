@@ -116,7 +116,7 @@ class SearchConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
         if self.latency_threads is not None and self.latency_threads < 1:
-            raise ConfigError(f"latency_threads must be ≥ 1 (or None for the runtime's default), got {self.latency_threads}")
+            raise ConfigError(f"--latency-threads must be ≥ 1 (leave it out for the runtime's default), got {self.latency_threads}")
         if self.macro is not None:
             if self.macro != "edge":
                 raise ConfigError(f"--macro takes edge (or is left out), got {self.macro!r}")
