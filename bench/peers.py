@@ -28,7 +28,7 @@ which every model runs once, in an order rotated per round (so a burst of load f
 process hits all alike); the median and the inter-quartile range of each model's runs are
 reported. The classical baselines (``gamma``, ``dcp``, ``grayworld``: numpy, float32 input) are
 timed for reference only: they are no latency target (their time is an implementation detail).
-Machine load (``os.getloadavg``, ``/proc/pressure/cpu``) is recorded before and after.
+Machine load (``hbl_edge.runtime.machine.machine_load``) is recorded before and after.
 
     flock /tmp/hbl-timing.lock nice -n -10 python bench/peers.py --out bench/results/peers.json
     … --genotype edge-lol-s8 --genotype my/genotype.json --bundle runs/x   # our models beside them
@@ -236,12 +236,10 @@ def export_ours(spec: str, where: Path) -> tuple[Path, dict[str, Any]]:
 # Timing
 # ---------------------------------------------------------------------------------------------
 def machine_load() -> dict[str, Any]:
-    out: dict[str, Any] = {"loadavg": list(os.getloadavg())}
-    try:
-        out["cpu_pressure"] = Path("/proc/pressure/cpu").read_text().strip().splitlines()
-    except OSError:
-        out["cpu_pressure"] = None
-    return out
+    """The package's one load record (load average, CPU pressure), kept under this name for callers."""
+    from hbl_edge.runtime.machine import machine_load as measured
+
+    return measured()
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:

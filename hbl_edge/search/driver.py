@@ -586,14 +586,13 @@ def _keep_promise(cfg: SearchConfig, lat_model, genotype, alpha) -> tuple[Any, d
     Returns the (possibly changed) genotype and the latency report: predicted and measured ms
     of the final network, the argmax network's, and every change (:mod:`hbl_edge.search.repair`).
     """
+    from ..runtime.machine import machine_load
     from .repair import repair
 
-    import os
-
     measure = _measurer(cfg, lat_model)
-    load_before = os.getloadavg()
+    load_before = machine_load()
     fixed = repair(genotype, alpha, lat_model.predict, cfg.latency_budget, lat_model.fcm, lat_model.hnu, measure=measure)
-    load = {"loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg())}
+    load = {"before": load_before, "after": machine_load()}
     final = fixed.genotype
     predicted = fixed.predicted_ms
     rep: dict[str, Any] = {"predicted_ms": predicted, "budget_ms": cfg.latency_budget, "model": lat_model.label,
