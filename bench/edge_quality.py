@@ -54,13 +54,13 @@ PEER_QUALITY = {
 
 
 def shared_data() -> Path:
-    import os
+    """The shared real data (the package's one finder), or exit with where it looked."""
+    from hbl_edge.shared_data import MISSING_REASON, find_real_data
 
-    for c in (ROOT.parent / "shared" / "data" / "real", Path("/work/shared/data/real"),
-              Path(os.environ.get("HBL_SHARED_DATA", "/nonexistent"))):
-        if c.is_dir():
-            return c
-    raise SystemExit("no shared data found (../shared/data/real, /work/shared/data/real or $HBL_SHARED_DATA)")
+    found = find_real_data(repo=ROOT)
+    if found is None:
+        raise SystemExit(MISSING_REASON)
+    return found
 
 
 def _subset(name: str) -> str:

@@ -80,14 +80,10 @@ def recalibrate_batchnorm(model: torch.nn.Module, source, limit: int | None = No
 
 
 def shared_data() -> Path | None:
-    """``<repo>/../shared/data/real``, then ``/work/shared/data/real``, then ``$HBL_SHARED_DATA``."""
-    import os
+    """The shared real data (the package's one finder), or None."""
+    from hbl_edge.shared_data import find_real_data
 
-    for c in (ROOT.parent / "shared" / "data" / "real", Path("/work/shared/data/real"),
-              Path(os.environ.get("HBL_SHARED_DATA", "/nonexistent"))):
-        if c.is_dir():
-            return c
-    return None
+    return find_real_data(repo=ROOT)
 
 
 def _run(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
@@ -189,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if not args.train or not args.test:
-        raise SystemExit("no shared data found (../shared/data/real, /work/shared/data/real or $HBL_SHARED_DATA)")
+        from hbl_edge.shared_data import MISSING_REASON
+
+        raise SystemExit(MISSING_REASON)
     torch.set_num_threads(args.threads)
     labels = args.label + args.bundle[len(args.label):]
     result: dict[str, Any] = {"format": "hbl-bench-edge-recipe/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
