@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import math
 import socket
+import time
 from collections import deque
 from fractions import Fraction
 from typing import Any, Callable
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._deps import need_encoder, one_line
-from .base import Frame, SinkError, StreamError, VideoOptions, apply_flip, fit_to
+from .base import Frame, SinkError, SourceLost, StreamError, VideoOptions, apply_flip, fit_to
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,86 @@ def av_errors(av: Any) -> tuple[type[BaseException], ...]:
 # ---------------------------------------------------------------------------------------------
 # PyAV encoding: one writer for the file, RTP and MPEG-TS sinks
 # ---------------------------------------------------------------------------------------------
+
+class AvLiveReader:
+    """What a live PyAV source does once its container is open: demux the video stream, decode,
+    drop frames the :class:`Conditioner` does not admit, and turn every end or failure of the
+    connection into :class:`SourceLost` (the pipeline reconnects) and every undecodable packet
+    into a ``corrupt`` count. Subclasses open the container and call :meth:`_start`.
+
+    ``ended``: what :meth:`read` says when the peer ends the stream.
+    """
+
+    live = True
+    ended = "the stream ended"
+
+    def __init__(self, options: VideoOptions, what: str) -> None:
+        self.options = options
+        self.what = what
+        self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
+        self._cond = Conditioner(options, True, self.counters, resize=False)
+        self._rgb = RgbConverter(options)
+        self._container: Any = None
+        self._packets: Any = None
+        self._ready: deque[Any] = deque()
+        self._index = 0
+
+    def _start(self, av: Any, container: Any, no_video: Exception) -> None:
+        """Read ``container``'s first video stream from now on (``no_video`` raised if it has none)."""
+        self._av, self._errors, self._container = av, av_errors(av), container
+        if not container.streams.video:
+            self.close()
+            raise no_video
+        stream = container.streams.video[0]
+        live_decoder(stream.codec_context)
+        self._packets = container.demux(stream)
+        self._cond.reset()
+
+    def read(self) -> Frame | None:
+        if self._container is None:
+            raise StreamError(f"{self.what}: read() before open()")
+        pending = self._cond.pending()
+        if pending is not None:
+            return pending
+        while True:
+            while self._ready:
+                vf = self._ready.popleft()
+                frame = self._cond.admit(lambda pts: self._frame(vf), time.monotonic())
+                if frame is not None:
+                    return frame
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                raise SourceLost(f"{self.what}: {self.ended}") from None
+            except self._av.error.ExitError:
+                raise SourceLost(f"{self.what}: no data for {self.options.timeout_s:g} s") from None
+            except self._errors:
+                self.counters["corrupt"] += 1
+                continue
+            except (OSError, self._av.error.FFmpegError) as e:
+                raise SourceLost(f"{self.what}: {one_line(e)}") from None
+            if packet.size == 0:
+                continue
+            try:
+                self._ready.extend(packet.decode())
+            except self._errors:
+                self.counters["corrupt"] += 1
+
+    def _frame(self, vf: Any) -> Frame:
+        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
+        self._index += 1
+        self.counters["frames"] += 1
+        return frame
+
+    def close(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # a dead connection may fail its teardown; a reader has nothing to flush
+                pass
+        self._container = self._packets = None
+        self._ready.clear()
+
 class AvVideoWriter:
     """Encodes frames into an open PyAV output container with the keyframe rule of the sinks.
 

@@ -17,13 +17,11 @@ too, so the pipeline keeps retrying until the vehicle is up.
 from __future__ import annotations
 
 import logging
-import time
-from collections import deque
 from typing import Any
 
-from ._common import Conditioner, av_errors, RgbConverter, live_decoder
+from ._common import AvLiveReader
 from ._deps import gst_available, need_av, one_line
-from .base import SOURCES, Frame, SourceLost, StreamError, Uri, VideoOptions
+from .base import SOURCES, SourceLost, StreamError, Uri, VideoOptions
 from .gst_source import APPSINK, DECODER_OPTIONS, GstSource, quote
 from .rtp_source import options_from_query
 
@@ -71,92 +69,31 @@ class GstRtspSource(GstSource):
                 "latency_ms": self.options.latency_ms}
 
 
-class PyavRtspSource:
+class PyavRtspSource(AvLiveReader):
     """libavformat's RTSP client through PyAV."""
 
-    live = True
+    ended = "the server ended the stream"
 
     def __init__(self, uri: Uri, options: VideoOptions):
         self.uri = uri
-        self.options = options
         self.url = _url(uri)
-        self.what = f"rtsp source {self.url} (PyAV)"
-        self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
-        self._cond = Conditioner(options, True, self.counters, resize=False)
-        self._rgb = RgbConverter(options)
-        self._container: Any = None
-        self._packets: Any = None
-        self._ready: deque[Any] = deque()
-        self._index = 0
+        super().__init__(options, f"rtsp source {self.url} (PyAV)")
 
     def open(self) -> None:
         av = need_av(self.what)
-        self._av = av
-        self._errors = av_errors(av)
         o = self.options
         opts = {"rtsp_transport": o.transport, "fflags": "nobuffer", "flags": "low_delay",
                 "max_delay": str(o.latency_ms * 1000), "reorder_queue_size": "0" if o.latency_ms == 0 else "64",
                 "probesize": "65536", "analyzeduration": "1000000"}
         t = o.timeout_s
         try:
-            self._container = av.open(self.url, options=opts, timeout=(t, t))
+            container = av.open(self.url, options=opts, timeout=(t, t))
         except av.error.ExitError:
             raise SourceLost(f"{self.what}: no answer within {t:g} s") from None
         except (OSError, av.error.FFmpegError) as e:
             # Refused, unreachable, 404 (the stream may not be mounted yet): the pipeline retries.
             raise SourceLost(f"{self.what}: {one_line(e)}") from None
-        if not self._container.streams.video:
-            self.close()
-            raise StreamError(f"{self.what}: the server offers no video stream")
-        stream = self._container.streams.video[0]
-        live_decoder(stream.codec_context)
-        self._packets = self._container.demux(stream)
-        self._cond.reset()
-
-    def read(self) -> Frame | None:
-        if self._container is None:
-            raise StreamError(f"{self.what}: read() before open()")
-        pending = self._cond.pending()
-        if pending is not None:
-            return pending
-        while True:
-            while self._ready:
-                vf = self._ready.popleft()
-                frame = self._cond.admit(lambda pts: self._frame(vf), time.monotonic())
-                if frame is not None:
-                    return frame
-            try:
-                packet = next(self._packets)
-            except StopIteration:
-                raise SourceLost(f"{self.what}: the server ended the stream") from None
-            except self._av.error.ExitError:
-                raise SourceLost(f"{self.what}: no data for {self.options.timeout_s:g} s") from None
-            except self._errors:
-                self.counters["corrupt"] += 1
-                continue
-            except (OSError, self._av.error.FFmpegError) as e:
-                raise SourceLost(f"{self.what}: {one_line(e)}") from None
-            if packet.size == 0:
-                continue
-            try:
-                self._ready.extend(packet.decode())
-            except self._errors:
-                self.counters["corrupt"] += 1
-
-    def _frame(self, vf: Any) -> Frame:
-        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
-        self._index += 1
-        self.counters["frames"] += 1
-        return frame
-
-    def close(self) -> None:
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # a dead connection may fail its TEARDOWN: nothing to do about it
-                pass
-        self._container = self._packets = None
-        self._ready.clear()
+        self._start(av, container, StreamError(f"{self.what}: the server offers no video stream"))
 
     def describe(self) -> dict[str, Any]:
         return {"uri": self.uri.text, "kind": "rtsp", "live": True, "receiver": "pyav", "url": self.url,

@@ -12,38 +12,23 @@ every network sink (SPS/PPS repeated, a keyframe at least every ``keyframe_inter
 from __future__ import annotations
 
 import logging
-import time
-from collections import deque
 from typing import Any
 
-from ._common import (
-    UDP_RCVBUF, AvVideoWriter, Conditioner, av_errors, RgbConverter, check_udp_free, is_multicast,
-    live_decoder, resolve_host,
-)
+from ._common import UDP_RCVBUF, AvLiveReader, AvVideoWriter, check_udp_free, is_multicast, resolve_host
 from ._deps import need_av, need_encoder, one_line
 from .base import SINKS, SOURCES, Frame, SinkError, SourceLost, StreamError, Uri, VideoOptions
 
 log = logging.getLogger(__name__)
 
 
-class UdpTsSource:
+class UdpTsSource(AvLiveReader):
     """MPEG-TS from a UDP port (``udp://@:PORT``, ``udp://GROUP:PORT`` for multicast)."""
-
-    live = True
 
     def __init__(self, uri: Uri, options: VideoOptions):
         self.uri = uri
-        self.options = options
         self.port = int(uri.port or 0)
         self.host = uri.host or ""
-        self.what = f"udp source {uri.text}"
-        self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
-        self._cond = Conditioner(options, True, self.counters, resize=False)
-        self._rgb = RgbConverter(options)
-        self._container: Any = None
-        self._packets: Any = None
-        self._ready: deque[Any] = deque()
-        self._index = 0
+        super().__init__(options, f"udp source {uri.text}")
 
     def _bind(self) -> str:
         if not self.host:
@@ -53,8 +38,6 @@ class UdpTsSource:
 
     def open(self) -> None:
         av = need_av(self.what)
-        self._av = av
-        self._errors = av_errors(av)
         addr = self._bind()
         check_udp_free("" if addr == "0.0.0.0" else addr, self.port, self.what)
         t = self.options.timeout_s
@@ -63,63 +46,12 @@ class UdpTsSource:
                f"&timeout={int(t * 1e6)}")
         opts = {"fflags": "nobuffer", "flags": "low_delay", "probesize": "65536", "analyzeduration": "500000"}
         try:
-            self._container = av.open(url, format="mpegts", options=opts, timeout=(t, t))
+            container = av.open(url, format="mpegts", options=opts, timeout=(t, t))
         except av.error.ExitError:
             raise SourceLost(f"{self.what}: no MPEG-TS on udp port {self.port} within {t:g} s") from None
         except (OSError, av.error.FFmpegError) as e:
             raise SourceLost(f"{self.what}: {one_line(e)}") from None
-        if not self._container.streams.video:
-            self.close()
-            raise SourceLost(f"{self.what}: the MPEG-TS on port {self.port} has no video stream (yet)")
-        stream = self._container.streams.video[0]
-        live_decoder(stream.codec_context)
-        self._packets = self._container.demux(stream)
-        self._cond.reset()
-
-    def read(self) -> Frame | None:
-        if self._container is None:
-            raise StreamError(f"{self.what}: read() before open()")
-        pending = self._cond.pending()
-        if pending is not None:
-            return pending
-        while True:
-            while self._ready:
-                vf = self._ready.popleft()
-                frame = self._cond.admit(lambda pts: self._frame(vf), time.monotonic())
-                if frame is not None:
-                    return frame
-            try:
-                packet = next(self._packets)
-            except StopIteration:
-                raise SourceLost(f"{self.what}: the stream ended") from None
-            except self._av.error.ExitError:
-                raise SourceLost(f"{self.what}: no data for {self.options.timeout_s:g} s") from None
-            except self._errors:
-                self.counters["corrupt"] += 1
-                continue
-            except (OSError, self._av.error.FFmpegError) as e:
-                raise SourceLost(f"{self.what}: {one_line(e)}") from None
-            if packet.size == 0:
-                continue
-            try:
-                self._ready.extend(packet.decode())
-            except self._errors:
-                self.counters["corrupt"] += 1
-
-    def _frame(self, vf: Any) -> Frame:
-        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
-        self._index += 1
-        self.counters["frames"] += 1
-        return frame
-
-    def close(self) -> None:
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # nothing to flush on a reader
-                pass
-        self._container = self._packets = None
-        self._ready.clear()
+        self._start(av, container, SourceLost(f"{self.what}: the MPEG-TS on port {self.port} has no video stream (yet)"))
 
     def describe(self) -> dict[str, Any]:
         return {"uri": self.uri.text, "kind": "udp", "live": True, "port": self.port, "format": "mpegts"}
