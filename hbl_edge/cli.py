@@ -79,7 +79,7 @@ def _progress(transient: bool = False) -> Progress:
 def train(
     task: str = typer.Option("lowlight", help="lowlight | dehaze | underwater"),
     genotype: str = typer.Option("hbl-lol-2022", help="built-in genotype name or path to genotype.json"),
-    loss: Optional[str] = typer.Option(None, help="loss terms 'l1=1,ssim=1' or a loss.json; default: the task's"),
+    loss: Optional[str] = typer.Option(None, help="loss terms 'l1=1,ssim=1' or a loss.json; default: the task's (l1 for an edge genotype)"),
     data: str = typer.Option("embedded", help="'embedded' or a dataset folder (see README: dataset layouts)"),
     steps: int = typer.Option(2000, help="training steps"),
     batch_size: int = typer.Option(4, help="images per step (≥ 2)"),
@@ -593,6 +593,8 @@ def search(
     macro_steps: int = typer.Option(0, help="--macro edge: short stage-A steps per candidate (0: steps-a / 4)"),
     hnu_norm: str = typer.Option("edge", help="HNU edges: one BatchNorm per edge (edge, the reference's) or per candidate op (candidate, DARTS)"),
     objective: str = typer.Option("critic", help="stage-L upper objective: critic | fidelity"),
+    terms: Optional[str] = typer.Option(None, help="loss terms stage L weighs, e.g. l1,l2,color (default: l1,l2,color,ssim,tv,laplacian; under --macro edge l1,l2,color)"),
+    lambda_lr: Optional[float] = typer.Option(None, help="Adam learning rate of the loss weights in stage L (default: the upper learning rate)"),
     critic: Optional[Path] = typer.Option(None, help="a quality critic (safetensors) instead of training one"),
     order: str = typer.Option("second", help="hypergradient: second | first | exact"),
     lower_step: str = typer.Option("simultaneous", help="lower step: simultaneous (reuses the second-order virtual step's gradient: one pass in five fewer) | alternating (after the upper step, as DARTS and the reference code)"),
@@ -630,7 +632,8 @@ def search(
         objective=objective, critic=str(critic) if critic else None, steps_l=steps_l, steps_a=steps_a,
         steps_t=steps_t, seed=seed, deterministic=deterministic, quick=quick, threads=threads,
         vgg_weights=str(vgg_weights) if vgg_weights else None, lpips_weights=str(lpips_weights) if lpips_weights else None,
-        lpips_net=lpips_net, hnu_norm=hnu_norm, lower_step=lower_step,
+        lpips_net=lpips_net, hnu_norm=hnu_norm, lower_step=lower_step, lambda_lr=lambda_lr,
+        terms=tuple(t.strip() for t in terms.split(",") if t.strip()) if terms is not None else None,
     )
     if macro is not None:
         from .search.macro import parse_refine, parse_widths

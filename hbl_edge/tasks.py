@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,10 @@ class Task:
         model: the Hadamard observation model, in words.
         degrade: clean H×W×3 float32 [0, 1] + rng -> degraded, same shape, [0, 1].
         default_loss: loss-term weights λ_k used when the user does not search them.
+        edge_default_loss: the same for an edge network (DESIGN §10): plain L1, because terms
+            that reward a smooth output (ssim, tv, laplacian) train an edge network, which has
+            no full-resolution stage to denoise with, towards a darker output (measured on
+            LOL-15: docs/benchmarks.md, "The loss terms of an edge network").
         noref_metrics: no-reference quality metrics designed for the task; unpaired evaluation of a
             task without any falls back to UIQM/UCIQE as generic colourfulness, sharpness and
             contrast indicators (see ``hbl_edge.evaluate``).
@@ -62,6 +67,11 @@ class Task:
     baselines: tuple[str, ...]
     layouts: tuple[tuple[str, str], ...]
     inverse: str = "retinex"
+    edge_default_loss: dict[str, float] = field(default_factory=lambda: {"l1": 1.0}, hash=False)
+
+    def default_loss_for(self, genotype: Any) -> dict[str, float]:
+        """The default loss of a network of ``genotype`` (a :class:`~hbl_edge.genotype.Genotype`)."""
+        return self.edge_default_loss if getattr(genotype, "macro", None) is not None else self.default_loss
 
 
 # ------------------------------------------------------------------------ random fields

@@ -230,7 +230,8 @@ class TrainSession:
 
         task = get_task(cfg.task)
         self.cfg, self.out, self.provenance = cfg, out, provenance or {}
-        self.spec = parse_loss_spec(cfg.loss or ",".join(f"{k}={v}" for k, v in task.default_loss.items()))
+        default = task.default_loss_for(load_genotype(cfg.genotype))
+        self.spec = parse_loss_spec(cfg.loss or ",".join(f"{k}={v}" for k, v in default.items()))
         self.criterion = build_loss(self.spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
                                     lpips_net=cfg.lpips_net).to(dist.device)
         train_src = open_dataset(cfg.data, cfg.task, "train", strict=cfg.strict_data, seed=cfg.seed)

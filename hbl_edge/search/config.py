@@ -16,6 +16,18 @@ STAGES = ("L", "A", "T")
 LATENCY_FORMS = ("additive", "multiplicative", "hinge")
 #: Loss terms stage L searches over when none are given (vgg/lpips join when weights are passed).
 DEFAULT_TERMS = ("l1", "l2", "color", "ssim", "tv", "laplacian")
+#: ... under ``--macro edge``. An edge network divides by a smooth map at full resolution and has
+#: nothing there to denoise with (unless a refinement branch is on), so a term that rewards a
+#: smooth or "structured" output (ssim, tv, laplacian) is lowered most cheaply by a darker,
+#: less amplified output: each of them added to L1 at λ = 1 cost the searched s-8 network
+#: 1.0–4.6 dB on LOL-15, the six-term uniform loss 3 dB (docs/benchmarks.md, "The loss terms
+#: of an edge network"); l2 and color cost ≤ 0.4 dB, within one seed's noise.
+EDGE_DEFAULT_TERMS = ("l1", "l2", "color")
+
+
+def default_terms(macro: str | None) -> tuple[str, ...]:
+    """The terms stage L searches over when ``--terms`` is not given."""
+    return EDGE_DEFAULT_TERMS if macro == "edge" else DEFAULT_TERMS
 
 
 @dataclass
@@ -58,7 +70,7 @@ class SearchConfig:
     objective: str = "critic"  # stage L upper objective: critic | fidelity (docs/benchmarks.md)
     critic: str | None = None  # a user critic (safetensors); None = train one at the start of stage L
     critic_steps: int = 200
-    terms: tuple[str, ...] = DEFAULT_TERMS
+    terms: tuple[str, ...] | None = None  # None = default_terms(macro), resolved by validate()
     steps_l: int = 200
     steps_a: int = 400
     crop: int = 64
@@ -67,6 +79,7 @@ class SearchConfig:
     w_momentum: float = 0.9
     w_clip: float = 5.0
     upper_lr: float = 5e-4  # Adam for α and λ, as the reference
+    lambda_lr: float | None = None  # Adam lr of λ in stage L; None = upper_lr (docs/search.md)
     upper_betas: tuple[float, float] = (0.5, 0.999)
     upper_weight_decay: float = 1e-4
     max_parameter_free_per_unit: int | None = 4  # DARTS skip-collapse guard at derivation
@@ -124,6 +137,19 @@ class SearchConfig:
                 raise ConfigError("--macro edge trades quality for latency: give --latency-budget MS")
             if self.macro_steps < 0:
                 raise ConfigError(f"--macro-steps must be ≥ 0, got {self.macro_steps}")
+        if self.terms is None:
+            self.terms = default_terms(self.macro)
+        self.terms = tuple(self.terms)
+        if not self.terms:
+            raise ConfigError("--terms needs at least one loss term, e.g. l1,l2,color")
+        from ..losses import LOSS_TERMS
+
+        for t in self.terms:
+            LOSS_TERMS.get(t)  # an unknown name: the registry's one-line error
+        if len(set(self.terms)) != len(self.terms):
+            raise ConfigError(f"--terms names a term twice: {','.join(self.terms)}")
+        if self.lambda_lr is not None and not (self.lambda_lr > 0 and math.isfinite(self.lambda_lr)):
+            raise ConfigError(f"--lambda-lr must be a positive number, got {self.lambda_lr}")
         if len(self.resolution) != 2 or min(self.resolution) < 4:
             raise ConfigError(f"--resolution must be WxH with sides ≥ 4, got {self.resolution}")
 

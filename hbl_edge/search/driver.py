@@ -266,6 +266,27 @@ def _critic(cfg: SearchConfig, out: Path):
     return critic, info
 
 
+def _stage_l_network(cfg: SearchConfig):
+    """The supernet λ is searched on, α frozen, and its name for loss.json's provenance.
+
+    λ* must suit the family of networks stage T will train: the paper-shaped supernet, or under
+    ``--macro edge`` an edge supernet (maps at 1/s, inverse at full resolution), whose output
+    responds to a loss term quite differently (docs/benchmarks.md). Which candidate of the grid:
+    the cheapest (largest s, narrowest, fewest units, no refinement), since what the loss has to
+    get right, dividing by an upsampled smooth map, is the same for all of them and stage L
+    trains its supernet for the most steps of the search.
+    """
+    if cfg.macro != "edge":
+        net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed, freeze_alpha=True, hnu_norm=cfg.hnu_norm)
+        return net, f"paper {cfg.space} {cfg.channels[0]}/{cfg.channels[1]}x{cfg.units}"
+    from .macro import EdgeSupernet
+
+    cand = min(_candidates(cfg), key=lambda c: (-c.scale, c.channels, c.units, len(c.refine)))
+    net = EdgeSupernet(cand.macro(cfg.task), cfg.space, cand.channels, cand.units, seed=cfg.seed, freeze_alpha=True,
+                       hnu_norm=cfg.hnu_norm)
+    return net, f"edge {cand.name}"
+
+
 def _stage_l(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist: DistContext) -> dict[str, Any]:
     terms = list(cfg.terms) + [t for t, w in (("vgg", cfg.vgg_weights), ("lpips", cfg.lpips_weights)) if w and t not in cfg.terms]
     criterion = build_loss(
@@ -278,13 +299,15 @@ def _stage_l(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
         upper_vars.append(criterion.vgg_tap_logits)
     objective, critic_info = _upper_objective_l(cfg, out, dist)
     # α frozen at its near-uniform initialisation (DESIGN §5: λ* = argmin over w*(α₀, λ))
-    net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed, freeze_alpha=True, hnu_norm=cfg.hnu_norm)
+    net, family = _stage_l_network(cfg)
     net = place(net, dist).train()
     criterion.to(dist.device)
     objective.to(dist.device)
-    w_opt, u_opt = make_optimizers(cfg, net, upper_vars)
+    w_opt, u_opt = make_optimizers(cfg, net, upper_vars, upper_lr=cfg.lambda_lr)
     state = BilevelState(net, upper_vars, w_opt, u_opt)
     lower, upper = _samplers(cfg, seed_offset=0, dist=dist)
+    if hasattr(net, "init_from_data"):
+        net.init_from_data(*place_batch(lower.batch(0), dist))
 
     def step_fn(step: int) -> dict[str, Any]:
         rec = bilevel_step(
@@ -299,7 +322,8 @@ def _stage_l(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
     _run_bilevel("L", cfg, out, state, cfg.steps_l, step_fn, progress, flag, dist=dist)
     spec = criterion.to_spec(
         objective=cfg.objective,
-        provenance={"stage": "L", "steps": cfg.steps_l, "order": cfg.order, "seed": cfg.seed, **critic_info},
+        provenance={"stage": "L", "steps": cfg.steps_l, "order": cfg.order, "seed": cfg.seed, "network": family,
+                    **critic_info},
     )
     if dist.is_main:
         spec.save(out / "loss.json")

@@ -87,9 +87,12 @@ class BilevelState:
         self.step = int(state["step"])
 
 
-def make_optimizers(cfg, supernet: Supernet, upper_vars: list[torch.Tensor]) -> tuple[torch.optim.SGD, torch.optim.Adam]:
+def make_optimizers(cfg, supernet: Supernet, upper_vars: list[torch.Tensor],
+                    upper_lr: float | None = None) -> tuple[torch.optim.SGD, torch.optim.Adam]:
+    """SGD for the weights, Adam for the upper variables (``upper_lr`` overrides ``cfg.upper_lr``)."""
     w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum)
-    u_opt = torch.optim.Adam(upper_vars, lr=cfg.upper_lr, betas=tuple(cfg.upper_betas), weight_decay=cfg.upper_weight_decay)
+    u_opt = torch.optim.Adam(upper_vars, lr=upper_lr or cfg.upper_lr, betas=tuple(cfg.upper_betas),
+                             weight_decay=cfg.upper_weight_decay)
     return w_opt, u_opt
 
 
