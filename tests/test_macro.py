@@ -99,6 +99,9 @@ def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path):
     for c in cands:
         low = low_resolution(res, c.scale)
         synthetic_table("edge", c.channels, low, units=1).save(cache / f"inner_s{c.scale}_4x8.json")
+        # no whole-network correction (identity), so the made-up parts below decide the pruning
+        write_json(cache / f"whole_s{c.scale}_4x8.json", {"kind": "offset", "offset_ms": 0.0, "n": 0, "loo": None,
+                                                          "scales": {"full": 1.0, "half": 1.0, "hnu": 1.0, "fixed": 1.0}})
         # s = 2 made too slow for the budget: it must be pruned without training
         parts[macro_key(c.macro("lowlight"))] = {"ms": 5000.0 if c.scale == 2 else 1.0}
     write_json(cache / "parts.json", parts)
@@ -150,3 +153,36 @@ def test_genotype_latency_cli_prices_an_edge_genotype_with_an_edge_model(tmp_pat
     model.inner.table.save(paper)
     res = CliRunner().invoke(app, ["genotype", "latency", str(gpath), "--latency-table", str(paper)])
     assert res.exit_code == 2 and "profile --edge" in res.output
+
+
+def test_whole_network_correction_is_fitted_on_edge_networks_and_used_by_predict_and_expected(monkeypatch, tmp_path):
+    """A machine whose edge networks take 1.5 × the inner prediction + the part + 2 ms: the
+    correction recovers it (form linear, leave-one-out error ~0) and predict/expected apply it."""
+    import hbl_edge.search.deployed as deployed
+    from hbl_edge.search.edge_latency import calibrate_edge, edge_calibration_genotypes
+
+    res = (64, 48)
+    m1 = Candidate(4, (4, 8), 1, ()).macro("lowlight")
+    m2 = Candidate(4, (4, 8), 2, ()).macro("lowlight")
+    inner = LatencyModel(synthetic_table("edge", (4, 8), low_resolution(res, 4), units=2))
+    parts = {macro_key(m1): {"ms": 3.0}}
+
+    def fake_measure(genotypes, backend, resolution, **kw):
+        assert tuple(resolution) == res and all(g.macro is not None for g in genotypes)
+        return [1.5 * inner.predict(core_genotype(g)) + 3.0 + 2.0 for g in genotypes]
+
+    monkeypatch.setattr(deployed, "measure_networks", fake_measure)
+    shapes = [(m1, 1), (m2, 2)]
+    gs = edge_calibration_genotypes(inner, shapes, 6)
+    assert [g.units for g in gs] == [1, 2, 1, 2, 1, 2] and [g.macro for g in gs[:2]] == [m1, m2]
+    whole = calibrate_edge(inner, parts, [(m1, 1)], res, n=6)
+    assert whole["kind"] == "linear" and whole["scales"]["full"] == pytest.approx(1.5)
+    assert whole["offset_ms"] == pytest.approx(2.0) and whole["loo"]["max_abs_pct"] < 1e-6
+    model = EdgeLatencyModel(inner, parts, m1, res, whole)
+    g = gs[0]
+    assert model.predict(g) == pytest.approx(1.5 * inner.predict(core_genotype(g)) + 5.0)
+    assert model.predict_raw(g) == pytest.approx(inner.predict(core_genotype(g)) + 3.0)
+    net = EdgeSupernet(m1, "edge", (4, 8), 1, seed=0)
+    assert float(model.expected(net).detach()) == pytest.approx(1.5 * float(inner.expected(net).detach()) + 5.0, rel=1e-6)
+    again = EdgeLatencyModel.load(model.save(tmp_path / "m.json"))
+    assert again.predict(g) == pytest.approx(model.predict(g))

@@ -13,7 +13,16 @@ An edge network at W×H with scale s runs
   What the shell's call and I/O share with the inner network's calibration is taken off by
   timing an empty network (a clamp) at the low resolution the same way:
 
-      LAT(g) = LAT_inner(core of g) + T_shell(macro, W×H) − T_empty(⌈W/s⌉×⌈H/s⌉).
+      LAT_raw(g) = LAT_inner(core of g) + T_shell(macro, W×H) − T_empty(⌈W/s⌉×⌈H/s⌉).
+
+- the whole: the two parts do not add up exactly (the full-resolution tensors the inner network's
+  output meets, the padding at 1/s, caches shared across the boundary), and the inner table's own
+  calibration was fitted at 1/s on paper-shaped networks only. So, as for paper networks
+  (:mod:`hbl_edge.search.calibration`), a whole-network correction is fitted on **edge
+  calibration networks** measured whole as deployed (:func:`calibrate_edge`):
+  ``LAT = s_inner · LAT_inner + s_part · part + b`` (form offset / ratio / linear, chosen by
+  leave-one-out), stored with the model and applied by :meth:`EdgeLatencyModel.predict` and
+  :meth:`~EdgeLatencyModel.expected` alike.
 
 :class:`EdgeLatencyModel` has the interface the search and the repair use (``predict``,
 ``expected``, ``fcm``, ``hnu``, ``label``, ``table``): ``expected(α)`` is the inner model's
@@ -157,8 +166,9 @@ class EdgeLatencyModel:
     """
 
     def __init__(self, inner: LatencyModel, parts: dict[str, dict[str, float]], macro: Macro,
-                 resolution: Sequence[int]) -> None:
+                 resolution: Sequence[int], whole: dict[str, Any] | None = None) -> None:
         self.inner, self.parts, self.macro = inner, dict(parts), macro
+        self.whole = whole  # the whole-network correction (calibrate_edge), or None: the raw sum
         self.resolution = tuple(int(v) for v in resolution)
         self.fcm, self.hnu = inner.fcm, inner.hnu
         self.table = inner.table
@@ -186,10 +196,21 @@ class EdgeLatencyModel:
             raise LatencyTableError("this latency model prices edge genotypes (with a macro section)")
         if g.macro.scale != self.macro.scale:
             raise LatencyTableError(f"genotype has scale {g.macro.scale}, this model's inner table is for {self.macro.scale}")
+        return self._combine(self.inner.predict(core_genotype(g)), self.part_ms(g.macro))
+
+    def predict_raw(self, genotype: GenotypeLike) -> float:
+        """LAT_inner + full-resolution part, before the whole-network correction."""
+        g = load_genotype(genotype)
         return self.inner.predict(core_genotype(g)) + self.part_ms(g.macro)
 
+    def _combine(self, inner: Any, part: float) -> Any:
+        if self.whole is None:
+            return inner + part
+        sc = self.whole["scales"]
+        return sc["full"] * inner + sc["fixed"] * part + self.whole["offset_ms"]
+
     def expected(self, alpha: Any) -> torch.Tensor:
-        return self.inner.expected(alpha) + self.part_ms(self.macro)
+        return self._combine(self.inner.expected(alpha), self.part_ms(self.macro))
 
     __call__ = expected
 
@@ -198,7 +219,10 @@ class EdgeLatencyModel:
         inner = self.inner.describe(core_genotype(g))
         part = self.parts[macro_key(g.macro)]
         return {
-            "predicted_ms": self.predict(g), "genotype": g.summary(), "resolution": list(self.resolution),
+            "predicted_ms": self.predict(g), "predicted_raw_ms": self.predict_raw(g),
+            "whole_network_correction": None if self.whole is None else
+            {k: self.whole[k] for k in ("kind", "scales", "offset_ms", "n", "loo")},
+            "genotype": g.summary(), "resolution": list(self.resolution),
             "low_resolution": list(self.inner.table.resolution), "inner_ms": inner["predicted_ms"],
             "full_resolution_part_ms": part["ms"], "shell_ms": part.get("shell_ms"), "empty_ms": part.get("empty_ms"),
             "inner": inner, "label": self.label, "estimate": self.estimate,
@@ -207,7 +231,7 @@ class EdgeLatencyModel:
     # -- io ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": "hbl-edge-latency/1", "resolution": list(self.resolution), "macro": self.macro.to_dict(),
-                "inner": self.inner.table.to_dict(), "parts": self.parts}
+                "inner": self.inner.table.to_dict(), "parts": self.parts, "whole": self.whole}
 
     def save(self, path: str | Path) -> Path:
         from ..runio import write_json
@@ -223,7 +247,63 @@ class EdgeLatencyModel:
         if not isinstance(d, dict) or d.get("format") != "hbl-edge-latency/1":
             raise LatencyTableError(f"{path} is not an edge latency model (format hbl-edge-latency/1)")
         return cls(LatencyModel(LatencyTable.from_dict(d["inner"], str(path))), d["parts"],
-                   Macro.from_dict(d["macro"]), d["resolution"])
+                   Macro.from_dict(d["macro"]), d["resolution"], d.get("whole"))
+
+
+def edge_calibration_genotypes(inner: LatencyModel, shapes: Sequence[tuple[Macro, int]], n: int,
+                               seed: int = 20_000) -> list[Genotype]:
+    """``n`` edge genotypes spanning the inner table's range, spread over ``shapes`` (macro, units).
+
+    The inner networks are the table's calibration networks (:func:`calibration_genotypes`:
+    heavy to light op choices per level), cut to each shape's unit count; shape k of the list
+    gets networks k, k + len(shapes), … so every shape is represented.
+    """
+    from .calibration import calibration_genotypes
+
+    if not shapes:
+        raise ValueError("edge_calibration_genotypes needs at least one (macro, units) shape")
+    picked = calibration_genotypes(inner, n, seed)
+    out = []
+    for k, (g, _) in enumerate(picked):
+        macro, units = shapes[k % len(shapes)]
+        if units > g.units:
+            raise LatencyTableError(f"the inner table was profiled for {g.units} units, not {units}")
+        out.append(dataclasses.replace(g, hnu=tuple(tuple(h) for h in g.hnu[:units]), units=units, macro=macro, format=None))
+    return out
+
+
+def calibrate_edge(
+    inner: LatencyModel, parts: dict[str, dict[str, float]], shapes: Sequence[tuple[Macro, int]],
+    resolution: Sequence[int], *, n: int = 8, device: str = "cpu", threads: int | None = None,
+    allow_spinning: bool | None = None, repeats: int = 15, warmup: int = 3, rounds: int = 2, seed: int = 20_000,
+) -> dict[str, Any]:
+    """Fit the whole-network correction of edge networks of one inner table (module docstring).
+
+    ``n`` edge calibration networks over ``shapes`` are measured whole at ``resolution`` as
+    deployed (:func:`hbl_edge.search.deployed.measure_networks`) and
+    ``measured ≈ s_inner · LAT_inner + s_part · part + b`` is fitted (forms offset, ratio and
+    linear; the one with the best leave-one-out error, :func:`fit_network_model`). Returns the
+    fit with one row per network and the machine load around the measurement.
+    """
+    from .calibration import fit_network_model
+    from .deployed import measure_networks
+    from .timing import load_snapshot
+
+    genotypes = edge_calibration_genotypes(inner, shapes, n, seed)
+    before = load_snapshot()
+    measured = measure_networks(genotypes, "onnxruntime", resolution, repeats=repeats, warmup=warmup, rounds=rounds,
+                                threads=threads, allow_spinning=allow_spinning, device=device)
+    after = load_snapshot()
+    terms = []
+    for g in genotypes:
+        part = parts[macro_key(g.macro)]["ms"]
+        terms.append({"full": inner.predict(core_genotype(g)), "half": 0.0, "hnu": 0.0, "fixed": float(part)})
+    fit = fit_network_model(terms, measured, forms=("offset", "ratio", "linear"))
+    rows = [{"genotype": g.summary(), "inner_ms": t["full"], "part_ms": t["fixed"], "predicted_raw_ms": t["full"] + t["fixed"],
+             "measured_ms": m} for g, t, m in zip(genotypes, terms, measured)]
+    fit.update(rows=rows, seed=seed, resolution=[int(v) for v in resolution], load={"before": before, "after": after},
+               fit="measured ≈ s_full · LAT_inner + s_fixed · part + offset_ms (relative least squares, form by leave-one-out)")
+    return fit
 
 
 def is_edge_model_file(path: str | Path) -> bool:
@@ -233,7 +313,8 @@ def is_edge_model_file(path: str | Path) -> bool:
         return False
 
 
-__all__ = ["EdgeLatencyModel", "core_genotype", "empty_network", "is_edge_model_file", "low_resolution",
+__all__ = ["EdgeLatencyModel", "calibrate_edge", "core_genotype", "edge_calibration_genotypes", "empty_network",
+           "is_edge_model_file", "low_resolution",
            "macro_key", "measure_parts", "shell_network"]
 
 
@@ -258,7 +339,12 @@ def profile_edge(
     macros = list(dict.fromkeys([g.macro, dataclasses.replace(g.macro, refine=())]))
     parts = measure_parts(macros, resolution, device=device, threads=threads, allow_spinning=allow_spinning,
                           repeats=repeats)
-    model = EdgeLatencyModel(LatencyModel(table), parts, g.macro, resolution)
+    inner = LatencyModel(table)
+    whole = None
+    if calibrate:
+        whole = calibrate_edge(inner, parts, [(m, g.units) for m in macros], resolution, n=max(calibrate // 2, 4),
+                               device=device, threads=threads, allow_spinning=allow_spinning, repeats=repeats)
+    model = EdgeLatencyModel(inner, parts, g.macro, resolution, whole)
     if out is not None:
         model.save(out)
     return model

@@ -187,7 +187,7 @@ def edge_models(
     refinement-off twin, measured together, cached as ``cache/parts.json``.
     """
     from ..runio import read_json, write_json
-    from .edge_latency import EdgeLatencyModel, low_resolution, macro_key, measure_parts
+    from .edge_latency import EdgeLatencyModel, calibrate_edge, low_resolution, macro_key, measure_parts
     from .latency import LatencyModel, LatencyTable
 
     if device not in ("cpu", "cuda"):
@@ -222,7 +222,20 @@ def edge_models(
         parts.update(measure_parts(missing, resolution, device=device, threads=threads, allow_spinning=spinning,
                                    repeats=10 if quick else 15))
         write_json(parts_path, parts)
-    return {c: EdgeLatencyModel(tables[(c.scale, c.channels)], parts, c.macro(task), resolution) for c in cands}
+    wholes: dict[tuple[int, tuple[int, int]], dict[str, Any]] = {}
+    for key in tables:  # the whole-network correction of each inner table, on edge networks of its candidates
+        s, ch = key
+        path = cache / f"whole_s{s}_{ch[0]}x{ch[1]}.json"
+        if path.exists():
+            wholes[key] = read_json(path, ConfigError, "edge whole-network calibration")
+            continue
+        shapes = [(c.macro(task), c.units) for c in cands if (c.scale, c.channels) == key]
+        log.info("macro search: calibrating s%d %d/%d edge networks whole at %dx%d", s, *ch, *resolution)
+        wholes[key] = calibrate_edge(tables[key], parts, shapes, resolution, n=6 if quick else 8, device=device,
+                                     threads=threads, allow_spinning=spinning, repeats=10 if quick else 15)
+        write_json(path, wholes[key])
+    return {c: EdgeLatencyModel(tables[(c.scale, c.channels)], parts, c.macro(task), resolution,
+                                wholes[(c.scale, c.channels)]) for c in cands}
 
 
 def floor_genotype(cand: Candidate, task: str, space: str, model) -> Genotype:
