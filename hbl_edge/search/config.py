@@ -125,6 +125,8 @@ class SearchConfig:
             raise ConfigError("batch sizes must be ≥ 2 (BatchNorm needs batch statistics)")
         if self.crop % 4 or self.crop < 16:
             raise ConfigError(f"--crop must be a multiple of 4 and ≥ 16, got {self.crop}")
+        if self.train_crop % 4 or self.train_crop < 16:
+            raise ConfigError(f"--train-crop must be a multiple of 4 and ≥ 16, got {self.train_crop}")
         for name in ("steps_l", "steps_a", "steps_t", "ckpt_every", "critic_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
