@@ -111,14 +111,16 @@ def synth_frame(i: int, size: tuple[int, int] = (320, 240), pattern: str = "movi
 
 
 def make_clip(path: str | Path, frames: int = 30, size: tuple[int, int] = (160, 120), fps: float = 30,
-              pattern: str = "moving", *, codec: str = "libx264", stamp: bool = False, keyint: int | None = None) -> Path:
-    """Write a small video of :func:`synth_frame` pictures (container by suffix) with PyAV."""
+              pattern: str = "moving", *, codec: str = "libx264", stamp: bool = False, keyint: int | None = None,
+              preset: str = "ultrafast") -> Path:
+    """Write a small video of :func:`synth_frame` pictures (container by suffix) with PyAV
+    (``preset="medium"``: x264 with B-frames, which a decoder reorders and so holds back)."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
-        opts = {"preset": "ultrafast"}
+        opts = {"preset": preset}
         if keyint:
             opts["x264-params" if codec == "libx264" else "x265-params"] = f"keyint={keyint}"
         if codec == "libx265":

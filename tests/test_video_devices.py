@@ -78,6 +78,23 @@ class TestV4l2:
         with pytest.raises(SourceLost, match="gone"):
             src.open()
 
+    def test_frames_held_by_the_decoder_come_out_before_the_camera_stopped(self, tmp_path, monkeypatch):
+        """A camera sending B-frames: the decoder holds the reordered ones; when the camera stops
+        they are still handed out (``drain``), so all 12 pictures come before SourceLost."""
+        clip = make_clip(tmp_path / "cam.mkv", frames=12, size=(320, 240), stamp=True, preset="medium")
+        import av
+
+        monkeypatch.setattr(V4l2Source, "device_exists", staticmethod(lambda path: True))
+        monkeypatch.setattr(V4l2Source, "open_container", staticmethod(lambda av_, path, options, t: av.open(str(clip))))
+        src = open_source("/dev/video1", VideoOptions(timeout_s=1.5))
+        src.open()
+        stamps = []
+        with pytest.raises(SourceLost, match="camera /dev/video1: the camera stopped"):
+            while True:
+                stamps.append(read_stamp(src.read().image))
+        src.close()
+        assert sorted(stamps) == list(range(12)) and src.counters == {"frames": 12, "corrupt": 0}
+
     @pytest.mark.skipif(not HAVE_V4L2, reason="no V4L2 camera (/dev/video*) on this machine")
     def test_real_camera(self):
         src = open_source(sorted(glob.glob("/dev/video*"))[0], VideoOptions(timeout_s=5))

@@ -291,27 +291,31 @@ def av_errors(av: Any) -> tuple[type[BaseException], ...]:
             av.error.BufferTooSmallError, ValueError)
 
 
-# ---------------------------------------------------------------------------------------------
-# PyAV encoding: one writer for the file, RTP and MPEG-TS sinks
-# ---------------------------------------------------------------------------------------------
+class AvReader:
+    """What a PyAV source does once its container is open: demux the first video stream, decode,
+    hand out the frames the :class:`Conditioner` admits and count every undecodable packet as
+    ``corrupt``. Subclasses open the container and call :meth:`_start`.
 
-class AvLiveReader:
-    """What a live PyAV source does once its container is open: demux the video stream, decode,
-    drop frames the :class:`Conditioner` does not admit, and turn every end or failure of the
-    connection into :class:`SourceLost` (the pipeline reconnects) and every undecodable packet
-    into a ``corrupt`` count. Subclasses open the container and call :meth:`_start`.
+    What differs between a live source (:class:`AvLiveReader`) and a file is in these hooks:
 
-    ``ended``: what :meth:`read` says when the peer ends the stream.
+    - ``live``: the Conditioner's rate rule (decimate on arrival / resample the file's timeline).
+    - ``drain``: whether the demuxer's empty end-of-stream packets are decoded, which flushes the
+      decoder and hands out the frames it still holds (a file's frame threads hold several; a live
+      decoder holds those a stream with B-frames reorders: 2 of a 12-frame x264 ``medium`` clip).
+    - :meth:`_configure`: the decoder's threads (and whatever the source reads from the stream).
+    - :meth:`_admit`: the timestamp rule of a decoded frame.
+    - :meth:`_ended`: the demuxer ran out of packets.
+    - :meth:`_failed`: the demuxer failed.
     """
 
-    live = True
-    ended = "the stream ended"
+    live: bool
+    drain: bool
 
     def __init__(self, options: VideoOptions, what: str) -> None:
         self.options = options
         self.what = what
         self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
-        self._cond = Conditioner(options, True, self.counters, resize=False)
+        self._cond = Conditioner(options, self.live, self.counters, resize=False)
         self._rgb = RgbConverter(options)
         self._container: Any = None
         self._packets: Any = None
@@ -325,9 +329,26 @@ class AvLiveReader:
             self.close()
             raise no_video
         stream = container.streams.video[0]
-        live_decoder(stream.codec_context)
+        self._configure(stream)
         self._packets = container.demux(stream)
+        self._ready.clear()
         self._cond.reset()
+
+    def _configure(self, stream: Any) -> None:
+        raise NotImplementedError
+
+    def _admit(self, vf: Any) -> Frame | None:
+        """The frame to hand out for the decoded ``vf`` now, or None (the Conditioner dropped it)."""
+        raise NotImplementedError
+
+    def _ended(self) -> Any:
+        """The demuxer's packets ran out: the packet iterator to go on with, or None (the source is
+        over: :meth:`read` returns None once the decoded frames are out); or raise."""
+        raise NotImplementedError
+
+    def _failed(self, e: Exception) -> BaseException:
+        """What :meth:`read` raises when the demuxer fails with ``e`` (OSError, FFmpegError)."""
+        raise NotImplementedError
 
     def read(self) -> Frame | None:
         if self._container is None:
@@ -337,30 +358,30 @@ class AvLiveReader:
             return pending
         while True:
             while self._ready:
-                vf = self._ready.popleft()
-                frame = self._cond.admit(lambda pts: self._frame(vf), time.monotonic())
+                frame = self._admit(self._ready.popleft())
                 if frame is not None:
                     return frame
+            if self._packets is None:
+                return None
             try:
                 packet = next(self._packets)
             except StopIteration:
-                raise SourceLost(f"{self.what}: {self.ended}") from None
-            except self._av.error.ExitError:
-                raise SourceLost(f"{self.what}: no data for {self.options.timeout_s:g} s") from None
+                self._packets = self._ended()
+                continue
             except self._errors:
                 self.counters["corrupt"] += 1
                 continue
             except (OSError, self._av.error.FFmpegError) as e:
-                raise SourceLost(f"{self.what}: {one_line(e)}") from None
-            if packet.size == 0:
+                raise self._failed(e) from None
+            if packet.size == 0 and not self.drain:
                 continue
             try:
                 self._ready.extend(packet.decode())
             except self._errors:
                 self.counters["corrupt"] += 1
 
-    def _frame(self, vf: Any) -> Frame:
-        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
+    def _frame(self, vf: Any, pts: float | None = None) -> Frame:
+        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), pts, {})
         self._index += 1
         self.counters["frames"] += 1
         return frame
@@ -369,11 +390,44 @@ class AvLiveReader:
         if self._container is not None:
             try:
                 self._container.close()
-            except Exception:  # a dead connection may fail its teardown; a reader has nothing to flush
+            except Exception:  # a dead connection or unplugged camera may fail its teardown: nothing to flush
                 pass
         self._container = self._packets = None
         self._ready.clear()
 
+
+class AvLiveReader(AvReader):
+    """A live PyAV source (a camera, a network stream): frames are timed on arrival, and every end
+    or failure of the connection is :class:`SourceLost` (the pipeline reconnects).
+
+    ``ended``: what :meth:`read` says when the peer ends the stream; ``silence``: what it says,
+    before "for N s", when nothing arrived within ``timeout_s``. ``drain`` is off by default (the
+    RTSP and MPEG-TS clients): the frames the decoder holds when the stream ends are dropped.
+    """
+
+    live = True
+    drain = False
+    ended = "the stream ended"
+    silence = "no data"
+
+    def _configure(self, stream: Any) -> None:
+        live_decoder(stream.codec_context)
+
+    def _admit(self, vf: Any) -> Frame | None:
+        return self._cond.admit(lambda pts: self._frame(vf), time.monotonic())
+
+    def _ended(self) -> Any:
+        raise SourceLost(f"{self.what}: {self.ended}") from None
+
+    def _failed(self, e: Exception) -> BaseException:
+        if isinstance(e, self._av.error.ExitError):
+            return SourceLost(f"{self.what}: {self.silence} for {self.options.timeout_s:g} s")
+        return SourceLost(f"{self.what}: {one_line(e)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# PyAV encoding: one writer for the file, RTP and MPEG-TS sinks
+# ---------------------------------------------------------------------------------------------
 class AvVideoWriter:
     """Encodes frames into an open PyAV output container with the keyframe rule of the sinks.
 
@@ -507,7 +561,7 @@ class AvVideoWriter:
 
 
 __all__ = [
-    "AvVideoWriter", "Conditioner", "OutputClock", "RgbConverter", "SizeKeeper", "TIME_BASE", "av_errors",
+    "AvLiveReader", "AvReader", "AvVideoWriter", "Conditioner", "OutputClock", "RgbConverter", "SizeKeeper", "TIME_BASE", "av_errors",
     "bind_udp", "check_tcp_free", "check_udp_free", "even_size", "is_multicast", "live_decoder",
     "low_latency_decoder", "port_error", "resolve_host", "target_size",
 ]

@@ -23,11 +23,10 @@ import logging
 import os
 import re
 import time
-from collections import deque
 from fractions import Fraction
 from typing import Any
 
-from ._common import Conditioner, RgbConverter, av_errors, live_decoder
+from ._common import AvLiveReader, Conditioner
 from ._deps import gst_available, need_av, need_cv2, need_gst, one_line
 from .base import SOURCES, Frame, SourceLost, StreamError, Uri, VideoOptions
 from .gst_source import GstSource
@@ -68,28 +67,22 @@ def v4l2_options(options: VideoOptions, query: dict[str, str] | None = None) -> 
     return opts
 
 
-class V4l2Source:
+class V4l2Source(AvLiveReader):
     """A V4L2 camera (USB webcams, HDMI grabbers, a Jetson's USB cameras)."""
 
-    live = True
+    ended = "the camera stopped"
+    silence = "no frame"
+    drain = True  # the frames the decoder holds when the camera stops are handed out before SourceLost
 
     def __init__(self, uri: Uri, options: VideoOptions):
         self.uri = uri
-        self.options = options
         path, _, query = (uri.path or "/dev/video0").partition("?")
         self.path = path or "/dev/video0"
         self.query = {**dict(kv.partition("=")[::2] for kv in query.split("&") if kv), **uri.query}
         if not re.fullmatch(r"/dev/[\w/.-]+", self.path):
             raise StreamError(f"{uri.text}: a V4L2 device is a /dev path such as /dev/video0")
-        self.what = f"camera {self.path}"
+        super().__init__(options, f"camera {self.path}")
         self.device_options = v4l2_options(options, self.query)
-        self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
-        self._cond = Conditioner(options, True, self.counters, resize=False)
-        self._rgb = RgbConverter(options)
-        self._container: Any = None
-        self._packets: Any = None
-        self._ready: deque[Any] = deque()
-        self._index = 0
         self._worked = False
 
     # The two seams through which tests put a fake device in (there are no cameras in CI).
@@ -103,68 +96,20 @@ class V4l2Source:
 
     def open(self) -> None:
         av = need_av(self.what)
-        self._av = av
-        self._errors = av_errors(av)
         if not self.device_exists(self.path):
             if self._worked:
                 raise SourceLost(f"{self.what}: the device is gone (unplugged?)")
             raise StreamError(f"{self.path}: no such V4L2 device (cameras here: "
                               f"{', '.join(sorted(_video_nodes())) or 'none'}); check the cable or the number")
         try:
-            self._container = self.open_container(av, self.path, self.device_options, self.options.timeout_s)
+            container = self.open_container(av, self.path, self.device_options, self.options.timeout_s)
         except (OSError, av.error.FFmpegError) as e:
             if self._worked:
                 raise SourceLost(f"{self.what}: {one_line(e)}") from None
             raise StreamError(f"{self.what}: cannot open it with {self.device_options or 'its default mode'} "
                               f"({one_line(e)}); check the mode with v4l2-ctl --list-formats-ext") from None
-        stream = self._container.streams.video[0]
-        live_decoder(stream.codec_context)
-        self._packets = self._container.demux(stream)
-        self._cond.reset()
+        self._start(av, container, StreamError(f"{self.what}: the device offers no video stream"))
         self._worked = True
-
-    def read(self) -> Frame | None:
-        if self._container is None:
-            raise StreamError(f"{self.what}: read() before open()")
-        pending = self._cond.pending()
-        if pending is not None:
-            return pending
-        while True:
-            while self._ready:
-                vf = self._ready.popleft()
-                frame = self._cond.admit(lambda pts: self._frame(vf), time.monotonic())
-                if frame is not None:
-                    return frame
-            try:
-                packet = next(self._packets)
-            except StopIteration:
-                raise SourceLost(f"{self.what}: the camera stopped") from None
-            except self._av.error.ExitError:
-                raise SourceLost(f"{self.what}: no frame for {self.options.timeout_s:g} s") from None
-            except self._errors:
-                self.counters["corrupt"] += 1
-                continue
-            except (OSError, self._av.error.FFmpegError) as e:
-                raise SourceLost(f"{self.what}: {one_line(e)}") from None
-            try:
-                self._ready.extend(packet.decode())
-            except self._errors:
-                self.counters["corrupt"] += 1
-
-    def _frame(self, vf: Any) -> Frame:
-        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
-        self._index += 1
-        self.counters["frames"] += 1
-        return frame
-
-    def close(self) -> None:
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # an unplugged device fails its close too
-                pass
-        self._container = self._packets = None
-        self._ready.clear()
 
     def describe(self) -> dict[str, Any]:
         return {"uri": self.uri.text, "kind": "v4l2", "live": True, "device": self.path, "mode": self.device_options}

@@ -16,37 +16,32 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Conditioner, RgbConverter, av_errors
+from ._common import AvReader, Conditioner
 from ._deps import need_av, one_line
 from .base import SOURCES, VIDEO_EXTENSIONS, Frame, StreamError, Uri, VideoOptions
 
 log = logging.getLogger(__name__)
 
 
-class FileSource:
+class FileSource(AvReader):
     """A video file decoded by PyAV (any container/codec its FFmpeg reads; mp4, mkv, mov, avi tested).
 
     Counters: ``frames``, ``corrupt`` (packets the decoder rejected), ``loops``.
     """
 
     live = False
+    drain = True  # the frame threads hold the file's last frames until the decoder is flushed
 
     def __init__(self, uri: Uri, options: VideoOptions):
         self.uri = uri
-        self.options = options
         self.path = Path(uri.path).expanduser()
-        self.what = f"video file {self.path}"
-        self.counters: dict[str, int] = {"frames": 0, "corrupt": 0, "loops": 0}
-        self._cond = Conditioner(options, False, self.counters, resize=False)
-        self._rgb = RgbConverter(options)
-        self._container: Any = None
-        self._packets: Any = None
-        self._ready: list[Any] = []
-        self._index = 0
+        super().__init__(options, f"video file {self.path}")
+        self.counters["loops"] = 0
         self._loops_left = options.loop
         self._offset = 0.0  # pts offset of the current pass
         self._last_pts = 0.0
         self._step = 1 / 30
+        self._t0: float | None = None  # the file's time of the pass's first frame
         self.rate: float | None = None
         self.size: tuple[int, int] | None = None
 
@@ -55,88 +50,50 @@ class FileSource:
             raise StreamError(f"{self.path}: no such video file; check the path"
                               if not self.path.exists() else f"{self.path}: not a file")
         av = need_av(self.what)
-        self._av = av
-        self._errors = av_errors(av)
         try:
-            self._container = av.open(str(self.path))
+            container = av.open(str(self.path))
         except (av.error.FFmpegError, OSError) as e:
             raise StreamError(f"{self.path}: cannot read this video ({one_line(e)}); is it a video file?") from None
-        if not self._container.streams.video:
-            self._container.close()
-            raise StreamError(f"{self.path}: has no video stream")
-        stream = self._container.streams.video[0]
+        self._start(av, container, StreamError(f"{self.path}: has no video stream"))
+        self._loops_left = self.options.loop
+        self._offset = 0.0
+        self._last_pts = -self._step
+        self._t0 = None
+
+    def _configure(self, stream: Any) -> None:
         # Files want throughput, not latency: frame threads are fine here.
         stream.thread_type = "AUTO"
         self._stream = stream
         self.rate = float(stream.average_rate) if stream.average_rate else None
         self._step = 1 / (self.rate or 30)
         self.size = (stream.codec_context.width, stream.codec_context.height)
-        self._packets = self._container.demux(stream)
-        self._ready = []
-        self._loops_left = self.options.loop
-        self._offset = 0.0
-        self._last_pts = -self._step
-        self._start: float | None = None
 
-    def read(self) -> Frame | None:
-        if self._container is None:
-            raise StreamError(f"{self.what}: read() before open()")
-        pending = self._cond.pending()
-        if pending is not None:
-            return pending
-        while True:
-            while self._ready:
-                vf = self._ready.pop(0)
-                if vf.time is None:
-                    pts = self._last_pts + self._step
-                else:
-                    if self._start is None:  # files may start at any time (avi: one frame late): start at 0
-                        self._start = float(vf.time)
-                    pts = self._offset + float(vf.time) - self._start
-                self._last_pts = pts
-                frame = self._cond.admit(lambda p, vf=vf, pts=pts: self._frame(vf, pts if p is None else p), pts)
-                if frame is not None:
-                    return frame
-            if self._packets is None:
-                return None
-            try:
-                packet = next(self._packets)
-            except StopIteration:
-                if not self._rewind():
-                    self._packets = None
-                continue
-            except self._errors:
-                self.counters["corrupt"] += 1
-                continue
-            try:
-                self._ready.extend(packet.decode())
-            except self._errors:
-                self.counters["corrupt"] += 1
+    def _admit(self, vf: Any) -> Frame | None:
+        """pts on the file's timeline from 0, continuing across loops (one nominal frame after the
+        last pass); a frame without a time comes one nominal frame after the previous one."""
+        if vf.time is None:
+            pts = self._last_pts + self._step
+        else:
+            if self._t0 is None:  # files may start at any time (avi: one frame late): start at 0
+                self._t0 = float(vf.time)
+            pts = self._offset + float(vf.time) - self._t0
+        self._last_pts = pts
+        return self._cond.admit(lambda p: self._frame(vf, pts if p is None else p), pts)
 
-    def _rewind(self) -> bool:
+    def _ended(self) -> Any:
+        """Rewind for the next pass (``--input-loop``), or None when the file is done."""
         if self._loops_left == 0:
-            return False
+            return None
         if self._loops_left > 0:
             self._loops_left -= 1
         self.counters["loops"] += 1
         self._offset = self._last_pts + self._step
-        self._start = None
+        self._t0 = None
         self._container.seek(0)
-        self._packets = self._container.demux(self._stream)
-        return True
+        return self._container.demux(self._stream)
 
-    def _frame(self, vf: Any, pts: float) -> Frame:
-        image = self._cond.image(self._rgb(vf))
-        frame = Frame(image, self._index, time.monotonic(), pts, {})
-        self._index += 1
-        self.counters["frames"] += 1
-        return frame
-
-    def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-        self._container = self._packets = None
-        self._ready = []
+    def _failed(self, e: Exception) -> BaseException:
+        return e  # a file that fails to read mid-way (an I/O error) has no connection to reopen: the error as it is
 
     def describe(self) -> dict[str, Any]:
         return {"uri": self.uri.text, "kind": "file", "live": False, "path": str(self.path), "rate": self.rate,

@@ -28,7 +28,7 @@ from collections import deque
 from typing import Any
 
 from ._common import (
-    UDP_RCVBUF, Conditioner, av_errors, RgbConverter, bind_udp, check_udp_free, is_multicast, live_decoder,
+    UDP_RCVBUF, AvLiveReader, Conditioner, RgbConverter, av_errors, bind_udp, check_udp_free, is_multicast,
     low_latency_decoder, resolve_host,
 )
 from ._deps import gst_available, need_av, one_line
@@ -240,29 +240,20 @@ class GstRtpSource(GstSource):
         return {**super().describe(), "kind": "rtp", "codec": self.info.codec, "port": self.info.port}
 
 
-class PyavRtpSource:
+class PyavRtpSource(AvLiveReader):
     """The ``pyav`` receiver: libavformat's SDP/RTP demuxer (measured one frame slower)."""
 
-    live = True
+    silence = "no packets"
+    drain = True  # the frames the decoder holds when the stream ends are handed out before SourceLost
 
     def __init__(self, uri: Uri, options: VideoOptions):
         self.uri = uri
-        self.options = options
         self.info, self.sdp_path = _stream(uri, options)
-        self.what = f"rtp source {uri.text} (PyAV)"
-        self.counters: dict[str, int] = {"frames": 0, "corrupt": 0}
-        self._cond = Conditioner(options, True, self.counters, resize=False)
-        self._rgb = RgbConverter(options)
-        self._container: Any = None
-        self._packets: Any = None
-        self._ready: deque[Any] = deque()
+        super().__init__(options, f"rtp source {uri.text} (PyAV)")
         self._tmp: str | None = None
-        self._index = 0
 
     def open(self) -> None:
         av = need_av(self.what)
-        self._av = av
-        self._errors = av_errors(av)
         check_udp_free(_bind_address(self.info.address), self.info.port, self.what)
         path = self.sdp_path
         if path is None:
@@ -275,61 +266,17 @@ class PyavRtpSource:
                 "reorder_queue_size": "0", "buffer_size": str(UDP_RCVBUF)}
         t = self.options.timeout_s
         try:
-            self._container = av.open(path, format="sdp", options=opts, timeout=(t, t))
+            container = av.open(path, format="sdp", options=opts, timeout=(t, t))
         except av.error.ExitError:
             self.close()
             raise SourceLost(f"{self.what}: no stream on udp port {self.info.port} within {t:g} s") from None
         except OSError as e:
             self.close()
             raise SourceLost(f"{self.what}: {one_line(e)}") from None
-        stream = self._container.streams.video[0]
-        live_decoder(stream.codec_context)
-        self._packets = self._container.demux(stream)
-        self._cond.reset()
-
-    def read(self) -> Frame | None:
-        if self._container is None:
-            raise StreamError(f"{self.what}: read() before open()")
-        pending = self._cond.pending()
-        if pending is not None:
-            return pending
-        while True:
-            while self._ready:
-                vf = self._ready.popleft()
-                now = time.monotonic()
-                frame = self._cond.admit(lambda pts: self._frame(vf), now)
-                if frame is not None:
-                    return frame
-            try:
-                packet = next(self._packets)
-            except StopIteration:
-                raise SourceLost(f"{self.what}: the stream ended") from None
-            except self._av.error.ExitError:
-                raise SourceLost(f"{self.what}: no packets for {self.options.timeout_s:g} s") from None
-            except self._errors:
-                self.counters["corrupt"] += 1
-                continue
-            except OSError as e:
-                raise SourceLost(f"{self.what}: {one_line(e)}") from None
-            try:
-                self._ready.extend(packet.decode())
-            except self._errors:
-                self.counters["corrupt"] += 1
-
-    def _frame(self, vf: Any) -> Frame:
-        frame = Frame(self._cond.image(self._rgb(vf)), self._index, time.monotonic(), None, {})
-        self._index += 1
-        self.counters["frames"] += 1
-        return frame
+        self._start(av, container, StreamError(f"{self.what}: the SDP describes no video stream"))
 
     def close(self) -> None:
-        if self._container is not None:
-            try:
-                self._container.close()
-            except Exception:  # closing a broken demuxer must not hide why it broke
-                pass
-        self._container = self._packets = None
-        self._ready.clear()
+        super().close()
         if self._tmp:
             try:
                 os.unlink(self._tmp)
