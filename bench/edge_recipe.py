@@ -11,6 +11,9 @@ SSIM, native size; ``hbl_edge.metrics.score_pair``):
 * ``test_batchstats`` BatchNorm in train mode at test: each image normalised by its own statistics
                     (what the reference code does, since it never calls eval(); not deployable on
                     video, shown as a diagnostic);
+* ``test_train_gain`` the outputs times one gain c* fitted by least squares on whole *training*
+                    frames (``training_gain``): the exposure offset a calibration on training data
+                    would remove;
 * ``val_crop``      the seeded 10 % validation carve-out of ``--train`` as training reads it (centre
                     crops of 256, torch PSNR): the number the run reports;
 * ``val_full``      the same images at full size, PEERS procedure: separates "crops vs whole
@@ -101,13 +104,31 @@ def oracle_gain(out: np.ndarray, tgt: np.ndarray) -> np.ndarray:
     return np.clip(out * g, 0.0, 1.0)
 
 
-def score(fn: Callable[[np.ndarray], np.ndarray], source, prefix: str | None = "lol_") -> dict[str, Any]:
+def training_gain(fn: Callable[[np.ndarray], np.ndarray], source, every: int = 4) -> dict[str, float]:
+    """One least-squares gain c* = ⟨o, y⟩ / ⟨o, o⟩ pooled over whole *training* frames (every
+    ``every``-th): how far the network's global exposure sits from the training references'
+    (no test image involved, so c* may be applied to the test outputs as a calibration)."""
+    num = den = 0.0
+    means = []
+    for i in range(0, len(source), every):
+        _name, inp, tgt = source.load(i)
+        out = fn(inp)
+        num += float((out * tgt).sum())
+        den += float((out * out).sum())
+        means.append(float(out.mean()))
+    return {"c_star": num / max(den, 1e-12), "train_out_mean": statistics.fmean(means), "frames": len(means)}
+
+
+def score(fn: Callable[[np.ndarray], np.ndarray], source, prefix: str | None = "lol_",
+          gain: float | None = None) -> dict[str, Any]:
     rows = []
     for i in range(len(source)):
         name, inp, tgt = source.load(i)
         if prefix and not name.startswith(prefix):
             continue
         out = fn(inp)
+        if gain is not None:
+            out = np.clip(out * gain, 0.0, 1.0)
         s, o = score_pair(out, tgt), score_pair(oracle_gain(out, tgt), tgt)
         rows.append({"name": name, "psnr": s["psnr"], "ssim": s["ssim"], "oracle_psnr": o["psnr"],
                      "oracle_ssim": o["ssim"], "mean_out": float(out.mean()), "mean_tgt": float(tgt.mean())})
@@ -150,6 +171,8 @@ def diagnose(bundle: str, train: str, test: str, task: str = "lowlight", seed: i
             m.track_running_stats = False  # normalise by the image's own statistics, change nothing
             m.running_mean = m.running_var = None
     out["test_batchstats"] = score(_run(batchstats), test_src)
+    out["training_gain"] = training_gain(_run(model), train_src)  # exposure vs the training references
+    out["test_train_gain"] = score(_run(model), test_src, gain=out["training_gain"]["c_star"])
     out["seconds"] = round(time.time() - t0, 1)
     return out
 
@@ -170,7 +193,7 @@ def _row(name: str, r: dict[str, Any]) -> str:
         return f"{v['psnr']:.2f} / {v['ssim']:.3f}" if v else "–"
 
     oracle = f"{r['test']['oracle_psnr']:.2f}" if "test" in r else "–"
-    return (f"| {name} | {f('test')} | {oracle} | {f('test_recal')} | {f('test_batchstats')} | "
+    return (f"| {name} | {f('test')} | {oracle} | {f('test_train_gain')} | {f('test_recal')} | {f('test_batchstats')} | "
             f"{f('val_crop')} | {f('val_full')} |")
 
 
@@ -202,8 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         result["runs"][label] = diagnose(bundle, args.train, args.test)
         if args.out:
             write_json(args.out, result)
-    print("| run | LOL-15 | + oracle gain | BN recalibrated | BN per-image | val (crops, as logged) | val (full, PEERS) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | LOL-15 | + oracle gain | × training gain c* | BN recalibrated | BN per-image | val (crops, as logged) | val (full, PEERS) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in result["references"].items():
         print(_row(name, r))
     for name, r in result["runs"].items():
