@@ -125,6 +125,9 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         state = load_file(str(p / WEIGHTS), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"{p / WEIGHTS}: not a readable safetensors file ({e})") from None
+    for key, value in getattr(model, "optional_state", {}).items():  # written by an older version
+        if key in model.state_dict() and key not in state:
+            state[key] = torch.full_like(model.state_dict()[key], value)
     missing, unexpected = _diff_keys(model.state_dict(), state)
     if missing or unexpected:
         raise BundleError(

@@ -97,6 +97,9 @@ def train(
     lpips_weights: Optional[Path] = typer.Option(None, help="local LPIPS weights (enables the lpips term)"),
     lpips_net: Optional[str] = typer.Option(None, help="LPIPS backbone: alex | vgg (default: read off the weight file)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    exposure_calibration: bool = typer.Option(
+        True, "--exposure-calibration/--no-exposure-calibration",
+        help="retinex edge networks: fit the output's global gain on whole training frames after training"),
     out: Path = typer.Option(Path("runs/train"), help="run directory"),
     resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
 ) -> None:
@@ -112,6 +115,7 @@ def train(
         ckpt_every=ckpt_every, seed=seed, deterministic=deterministic, strict_data=strict,
         vgg_weights=str(vgg_weights) if vgg_weights else None,
         lpips_weights=str(lpips_weights) if lpips_weights else None, lpips_net=lpips_net, threads=threads,
+        calibrate_exposure=exposure_calibration,
     )
     if not _is_main_process():
         from .train import train as run_train

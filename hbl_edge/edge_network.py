@@ -32,6 +32,8 @@ padding to a multiple of 4, two full-resolution Gathers); the low-resolution pad
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -115,6 +117,10 @@ class MapHead(nn.Module):
         else:
             init = [INITIAL_LOGITS["t"]] * macro.map_channels + [INITIAL_LOGITS["A"]] * 3
         self.bias = nn.Parameter(torch.tensor(init).reshape(1, -1, 1, 1))
+        if macro.model == "retinex":
+            # the global exposure gain of EdgeNetwork.calibrate_exposure (1: none); a buffer, not
+            # trained: it is fitted after training on whole frames, where the crops cannot see it
+            self.register_buffer("exposure", torch.ones(1))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(map N×C×h×w, airlight N×3×1×1 or None)."""
@@ -216,12 +222,39 @@ class EdgeNetwork(Network):
         self.head.bias.copy_((torch.logit(level) - z_mean).reshape(1, c, 1, 1))
         return {"L": [round(float(v), 4) for v in level]}
 
+    #: State added after bundles were first written, with the value an older bundle means.
+    optional_state = {"head.exposure": 1.0}
+
+    @torch.no_grad()
+    def calibrate_exposure(self, frames: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Fit the retinex output's global gain on whole frames: c* = ⟨o, y⟩ / ⟨o, o⟩, pooled.
+
+        Why: a network trained on crops with L1 settles its global exposure by seed and by
+        candidate, mostly too dark on whole frames (LOL: outputs 0.28–0.40 against references
+        0.46; docs/benchmarks.md), and PSNR is a squared error. One least-squares gain over the
+        training frames (``frames``: (input, target) pairs, 1×3×H×W each, from the *training*
+        split) moves the exposure to where the training references put it; the gain is kept in
+        ``head.exposure`` (exported as one Mul) and multiplies the inverse's output before
+        the refinement. Returns c* (1.0 and nothing set for a scattering network).
+        """
+        if self.macro.model != "retinex":
+            return 1.0
+        self.head.exposure.fill_(1.0)
+        num = den = 0.0
+        for inp, tgt in frames:
+            out = self(inp).clamp(0, 1)
+            num += float((out * tgt).sum())
+            den += float((out * out).sum())
+        gain = num / den if den > 0 else 1.0
+        self.head.exposure.fill_(gain)
+        return gain
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an N×3×H×W image batch, got shape {tuple(x.shape)}")
         maps = self.maps(x)
         if self.macro.model == "retinex":
-            out = retinex_inverse(x, maps["L"], self.macro.floor)
+            out = retinex_inverse(x, maps["L"], self.macro.floor) * self.head.exposure
         else:
             out = scattering_inverse(x, maps["t"], maps["A"], self.macro.floor)
         if self.refine is not None:

@@ -31,6 +31,7 @@ from .data import TrainSampler, open_dataset, val_batches
 from .distributed import DistContext, init_from_env, record_processes, resumable_record, sync_batchnorm_
 from .errors import ConfigError
 from .genotype import load_genotype
+from .imageio import to_tensor
 from .losses import build_loss, parse_loss_spec
 from .metrics import psnr, ssim
 from .network import Network, count_parameters
@@ -74,6 +75,10 @@ class TrainConfig:
     lpips_weights: str | None = None
     lpips_net: str | None = None  # alex | vgg; None = read off the weight file
     threads: int | None = None
+    #: a retinex edge network's global gain fitted on whole training frames after the last step
+    #: (EdgeNetwork.calibrate_exposure; docs/benchmarks.md)
+    calibrate_exposure: bool = True
+    exposure_frames: int = 64
 
     def validate(self) -> None:
         task = get_task(self.task)
@@ -296,6 +301,7 @@ class TrainSession:
         """Final validation, the bundle and the plot (rank 0)."""
         cfg, out, model = self.cfg, self.out, self.model
 
+        exposure = self._calibrate_exposure()
         final = validate(model, self.val_src, cfg.val_crop)
         metrics = {
             "val_psnr": final["psnr"],
@@ -305,6 +311,8 @@ class TrainSession:
             "best": self.best,
             "train_seconds_this_session": time.perf_counter() - t0,
         }
+        if exposure is not None:
+            metrics["exposure_gain"] = exposure
         prov = {
             "stage": "T",
             "config": asdict(cfg),
@@ -318,6 +326,25 @@ class TrainSession:
         save_bundle(out, model.eval(), task=cfg.task, loss=self.spec.to_dict(), provenance=prov, metrics=metrics)
         plot_training(self.history, out / "plots" / "train_curves.png")
         return TrainResult(out, self.step, metrics, self.history)
+
+    def _calibrate_exposure(self) -> float | None:
+        """c* of EdgeNetwork.calibrate_exposure on up to ``exposure_frames`` whole training frames."""
+        cfg, model = self.cfg, self.model
+        calibrate = getattr(model, "calibrate_exposure", None)
+        if not cfg.calibrate_exposure or calibrate is None or model.macro.model != "retinex":
+            return None
+        src = self.sampler.source
+        picks = range(0, len(src), max(1, math.ceil(len(src) / cfg.exposure_frames)))
+
+        def frames():
+            for i in picks:
+                _name, inp, tgt = src.load(i)
+                yield (to_tensor(inp)[None].to(self.dist.device), to_tensor(tgt)[None].to(self.dist.device))
+
+        model.eval()
+        gain = calibrate(frames())
+        log.info("exposure calibration on %d whole training frames: gain %.3f", len(picks), gain)
+        return gain
 
     def _train_step(self) -> dict[str, Any]:
         inp, tgt = (t.to(self.dist.device) for t in self.sampler.batch(self.step))

@@ -77,3 +77,68 @@ def test_train_writes_the_edge_default_loss_into_the_bundle(tmp_path):
     train(TrainConfig(task="lowlight", genotype="edge-lol-s8", data="embedded", out=str(out), steps=2, batch_size=2,
                       crop=32, val_every=2, ckpt_every=2, threads=1))
     assert read_meta(out)["loss"]["terms"] == {"l1": 1.0}
+
+
+def test_exposure_calibration_fits_the_least_squares_gain_and_survives_export_and_reload(tmp_path):
+    """A retinex edge network whose output is half the reference everywhere gets c* = 2 exactly;
+    the gain is in the weights (reload) and in the ONNX graph (onnxruntime parity)."""
+    import numpy as np
+    import torch
+
+    from hbl_edge.bundle import load_bundle, save_bundle
+    from hbl_edge.edge_network import EdgeNetwork
+
+    torch.manual_seed(0)
+    net = EdgeNetwork(load_genotype("edge-lol-s8")).eval()
+    frames = []
+    for _ in range(3):
+        x = torch.rand(1, 3, 40, 56) * 0.2
+        with torch.no_grad():
+            o = net(x).clamp(0, 1)
+        frames.append((x, 2.0 * o))  # the reference: exactly twice what the network gives
+    assert net.calibrate_exposure(frames) == pytest.approx(2.0, rel=1e-5)
+    x = frames[0][0]
+    with torch.no_grad():
+        assert torch.allclose(net(x), 2.0 * (frames[0][1] / 2.0), atol=1e-5)  # before the clamp: 2 × the old output
+    out = save_bundle(tmp_path / "b", net, task="lowlight", loss={"terms": {"l1": 1.0}})
+    again = load_bundle(out).model
+    assert float(again.head.exposure) == pytest.approx(2.0, rel=1e-6)
+    from hbl_edge.export.onnx_export import export_onnx
+    import onnxruntime as ort
+
+    path = export_onnx(again, tmp_path / "onnx", check=False).onnx_path
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = again(x).clamp(0, 1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_a_bundle_written_before_the_exposure_gain_loads_with_gain_one(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from hbl_edge.bundle import WEIGHTS, load_bundle, save_bundle
+    from hbl_edge.edge_network import EdgeNetwork
+
+    out = save_bundle(tmp_path / "old", EdgeNetwork(load_genotype("edge-lol-s8")).eval(), task="lowlight",
+                      loss={"terms": {"l1": 1.0}})
+    state = load_file(str(out / WEIGHTS))
+    del state["head.exposure"]  # what a bundle of the previous version holds
+    save_file(state, str(out / WEIGHTS), metadata={"format": "hbl-bundle/1"})
+    assert float(load_bundle(out).model.head.exposure) == 1.0
+
+
+def test_training_an_edge_network_calibrates_its_exposure_unless_told_not_to(tmp_path):
+    from hbl_edge.bundle import read_meta
+    from hbl_edge.train import TrainConfig, train
+
+    for flag, name in ((True, "on"), (False, "off")):
+        out = tmp_path / name
+        train(TrainConfig(task="lowlight", genotype="edge-lol-s8", data="embedded", out=str(out), steps=2, batch_size=2,
+                          crop=32, val_every=2, ckpt_every=2, threads=1, calibrate_exposure=flag))
+        metrics = read_meta(out)["metrics"]
+        assert ("exposure_gain" in metrics) is flag
+    gain = read_meta(tmp_path / "on")["metrics"]["exposure_gain"]
+    from hbl_edge.bundle import load_bundle
+
+    assert float(load_bundle(tmp_path / "on").model.head.exposure) == pytest.approx(gain, rel=1e-6) and gain > 0
