@@ -155,7 +155,8 @@ class Peer:
 
     ``parameters`` is the published model's count (the re-implementation is checked against
     it); ``peers_md`` the row name in ``shared/PEERS.md``; ``architecture`` the one-paragraph
-    description of what is re-built (the module docstring's table).
+    description of what is re-built (the module docstring's table); ``recipe`` how the paper
+    trained it (which a comparison that trains the architecture otherwise must say it does not use).
     """
 
     name: str
@@ -164,22 +165,32 @@ class Peer:
     parameters: int
     peers_md: str
     architecture: str
+    recipe: str
+
+    @property
+    def label(self) -> str:
+        """The paper's name for it ("SCI", "Zero-DCE++", …)."""
+        return self.peers_md.split(" (")[0]
 
 
 PEERS: Registry[Peer] = Registry("peer", ConfigError, hint="hbl_edge.peers")
 for _peer in (
     Peer("sci", "lowlight", SCI, 258, "SCI (medium)",
          "SCI (Ma et al., CVPR 2022) illumination net 'medium': conv 3x3 3->3 + ReLU, one residual block "
-         "(conv 3x3 3->3 + BN + ReLU), conv 3x3 3->3 + sigmoid; L = clamp(out + y, 1e-4, 1), x = clamp(y / L, 0, 1)"),
+         "(conv 3x3 3->3 + BN + ReLU), conv 3x3 3->3 + sigmoid; L = clamp(out + y, 1e-4, 1), x = clamp(y / L, 0, 1)",
+         "unsupervised: no reference images, self-calibrated illumination learning"),
     Peer("zerodce++", "lowlight", ZeroDCEPP, 10_561, "Zero-DCE++ (net at 1/12 scale)",
          "Zero-DCE++ (Li et al., TPAMI 2021): bilinear down 12x, 7 depthwise-separable 3x3 convs (32 wide, skip "
-         "concats 3+4, 2+5, 1+6), tanh, bilinear up, 8 curve iterations x <- x + r (x^2 - x)"),
+         "concats 3+4, 2+5, 1+6), tanh, bilinear up, 8 curve iterations x <- x + r (x^2 - x)",
+         "zero-reference: no paired images, non-reference losses (exposure, colour, spatial consistency, smoothness)"),
     Peer("aodnet", "dehaze", AODNet, 1_761, "AOD-Net",
          "AOD-Net (Li et al., ICCV 2017): 5 full-resolution convs 1x1, 3x3, 5x5, 7x7, 3x3 with concats give K; "
-         "J = ReLU(K y - K + 1)"),
+         "J = ReLU(K y - K + 1)",
+         "supervised, MSE on synthetic hazy/clean pairs"),
     Peer("physicalnn", "underwater", PhysicalNN, 2_027, "PhysicalNN",
          "PhysicalNN (Chen et al., TCSVT 2020): A-net (2 convs 3x3, PReLU, global average, 2 convs 1x1) and t-net "
-         "(4 convs 3x3 6->8->8->8->3, dilations 1, 2, 5, 1, PReLU) on [A, y]; J = clamp((y - A) t + A)"),
+         "(4 convs 3x3 6->8->8->8->3, dilations 1, 2, 5, 1, PReLU) on [A, y]; J = clamp((y - A) t + A)",
+         "supervised on paired underwater images"),
 ):
     PEERS.add(_peer.name, _peer)
 

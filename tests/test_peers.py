@@ -19,7 +19,8 @@ def test_registry_knows_each_peer_its_task_and_published_size():
         "physicalnn": ("underwater", 2_027)}
     for name, peer in peers.PEERS.items():
         assert peers.count_parameters(peers.peer_module(name)) == peer.parameters
-        assert peer.factory.task == peer.task and peer.architecture and peer.peers_md
+        assert peer.factory.task == peer.task and peer.architecture and peer.peers_md and peer.recipe
+    assert [p.label for p in peers.PEERS.values()] == ["SCI", "Zero-DCE++", "AOD-Net", "PhysicalNN"]
 
 
 def test_sci_sized_net_has_258_parameters():
