@@ -1,26 +1,11 @@
 """Latency of the fast peers and of our edge networks through one ONNX Runtime path (issue 8 §5).
 
 The peers of ``shared/PEERS.md`` were timed in PyTorch (their code) once; ours run through ONNX
-Runtime. To compare like with like, this script re-builds each fast peer's published inference
-architecture as a torch module (random weights: timing only, nothing here is scored), exports it
-with the same tracer and dynamic H/W as our models, and times everything with the same runner
-(``hbl_edge.runtime.runners.create_runner("ort", …, threads=2)``):
-
-============  ==========  ====================================================================
-peer          task        inference architecture (parameters)
-============  ==========  ====================================================================
-sci           lowlight    SCI (Ma et al., CVPR 2022), illumination net "medium": conv 3×3 3→3 +
-                          ReLU; one residual block conv 3×3 3→3 + BN + ReLU; conv 3×3 3→3 +
-                          sigmoid; L = clamp(out + y, 1e-4, 1); x = clamp(y ⊘ L, 0, 1)  (258)
-zerodce++     lowlight    Zero-DCE++ (Li et al., TPAMI 2021): bilinear ↓12, 7 depthwise-separable
-                          3×3 convs (32 wide, skip concats 3+4, 2+5, 1+6), tanh, bilinear ↑ to
-                          the input size, 8 curve iterations x ← x + r (x² − x)  (10,561)
-aodnet        dehaze      AOD-Net (Li et al., ICCV 2017): 5 full-resolution convs 1×1, 3×3, 5×5,
-                          7×7, 3×3 with concats, K; J = ReLU(K·y − K + 1)  (1,761)
-physicalnn    underwater  PhysicalNN (Chen et al., TCSVT 2020): A-net (2 convs 3×3, PReLU, global
-                          average, 2 convs 1×1) and t-net (4 convs 3×3 6→8→8→8→3, dilations 1, 2,
-                          5, 1, PReLU) on [A, y]; J = clamp((y − A)·t + A)  (2,027)
-============  ==========  ====================================================================
+Runtime. To compare like with like, this script takes each fast peer's published inference
+architecture as re-built in :mod:`hbl_edge.peers` (sci, zerodce++, aodnet, physicalnn: its
+docstring has the table; random weights: timing only, nothing here is scored), exports it with
+the same tracer and dynamic H/W as our models, and times everything with the same runner
+(``hbl_edge.runtime.runners.create_runner("ort", …, threads=2)``).
 
 Every exported graph ends with a clamp to [0, 1], like ours. Timing: per resolution, each model
 gets its own session (``threads`` intra-op threads), ``warmup`` runs, then ``repeats`` rounds in
@@ -46,12 +31,10 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -60,157 +43,12 @@ if str(ROOT) not in sys.path:
 DEFAULT_RESOLUTIONS = ((600, 400), (1280, 720))
 DEFAULT_BASELINES = ("gamma", "dcp", "grayworld")
 
-
-# ---------------------------------------------------------------------------------------------
-# The peers' inference architectures (built from the papers' descriptions; random weights)
-# ---------------------------------------------------------------------------------------------
-def _conv(c_in: int, c_out: int, k: int, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, k, padding=dilation * (k // 2), dilation=dilation)
-
-
-class SCI(nn.Module):
-    """SCI's inference path: the illumination estimator (1 block of 3 channels) and y ⊘ L."""
-
-    task = "lowlight"
-
-    def __init__(self, channels: int = 3, blocks: int = 1) -> None:
-        super().__init__()
-        self.inc = _conv(3, channels, 3)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(_conv(channels, channels, 3), nn.BatchNorm2d(channels), nn.ReLU()) for _ in range(blocks)
-        )
-        self.outc = _conv(channels, 3, 3)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        f = torch.relu(self.inc(y))
-        for block in self.blocks:
-            f = f + block(f)
-        illumination = torch.clamp(torch.sigmoid(self.outc(f)) + y, 1e-4, 1.0)
-        return torch.clamp(y / illumination, 0.0, 1.0)
-
-
-class _DepthwiseSeparable(nn.Module):
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__()
-        self.depthwise = nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in)
-        self.pointwise = nn.Conv2d(c_in, c_out, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(x))
-
-
-class ZeroDCEPP(nn.Module):
-    """Zero-DCE++: curve parameters estimated at 1/12 scale, 8 curve iterations at full scale."""
-
-    task = "lowlight"
-
-    def __init__(self, width: int = 32, scale: int = 12, iterations: int = 8) -> None:
-        super().__init__()
-        self.scale, self.iterations = scale, iterations
-        n = width
-        self.e1, self.e2, self.e3, self.e4 = (_DepthwiseSeparable(a, b) for a, b in ((3, n), (n, n), (n, n), (n, n)))
-        self.e5, self.e6 = _DepthwiseSeparable(2 * n, n), _DepthwiseSeparable(2 * n, n)
-        self.e7 = _DepthwiseSeparable(2 * n, 3)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        small = F.interpolate(y, scale_factor=1.0 / self.scale, mode="bilinear", align_corners=False)
-        x1 = torch.relu(self.e1(small))
-        x2 = torch.relu(self.e2(x1))
-        x3 = torch.relu(self.e3(x2))
-        x4 = torch.relu(self.e4(x3))
-        x5 = torch.relu(self.e5(torch.cat([x3, x4], 1)))
-        x6 = torch.relu(self.e6(torch.cat([x2, x5], 1)))
-        r = torch.tanh(self.e7(torch.cat([x1, x6], 1)))
-        r = F.interpolate(r, size=y.shape[-2:], mode="bilinear", align_corners=False)
-        x = y
-        for _ in range(self.iterations):
-            x = x + r * (x * x - x)
-        return x.clamp(0.0, 1.0)
-
-
-class AODNet(nn.Module):
-    """AOD-Net: K(y) from five full-resolution convs; J = ReLU(K·y − K + 1)."""
-
-    task = "dehaze"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1, self.c2 = _conv(3, 3, 1), _conv(3, 3, 3)
-        self.c3, self.c4 = _conv(6, 3, 5), _conv(6, 3, 7)
-        self.c5 = _conv(12, 3, 3)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        x1 = torch.relu(self.c1(y))
-        x2 = torch.relu(self.c2(x1))
-        x3 = torch.relu(self.c3(torch.cat([x1, x2], 1)))
-        x4 = torch.relu(self.c4(torch.cat([x2, x3], 1)))
-        k = torch.relu(self.c5(torch.cat([x1, x2, x3, x4], 1)))
-        return torch.relu(k * y - k + 1.0).clamp(0.0, 1.0)
-
-
-class PhysicalNN(nn.Module):
-    """PhysicalNN: background light A (global) and transmission t; J = (y − A)·t + A."""
-
-    task = "underwater"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a_net = nn.Sequential(
-            _conv(3, 3, 3), nn.PReLU(), _conv(3, 3, 3), nn.PReLU(), nn.AdaptiveAvgPool2d(1),
-            _conv(3, 3, 1), nn.PReLU(), _conv(3, 3, 1), nn.PReLU(),
-        )
-        self.t_net = nn.Sequential(
-            _conv(6, 8, 3), nn.PReLU(), _conv(8, 8, 3, 2), nn.PReLU(), _conv(8, 8, 3, 5), nn.PReLU(),
-            _conv(8, 3, 3), nn.PReLU(),
-        )
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        a = self.a_net(y)
-        t = self.t_net(torch.cat([y * 0 + a, y], 1))
-        return ((y - a) * t + a).clamp(0.0, 1.0)
-
-
-#: name → (module factory, parameters of the published model, PEERS.md name)
-PEERS: dict[str, tuple[Callable[[], nn.Module], int, str]] = {
-    "sci": (SCI, 258, "SCI (medium)"),
-    "zerodce++": (ZeroDCEPP, 10_561, "Zero-DCE++ (net at 1/12 scale)"),
-    "aodnet": (AODNet, 1_761, "AOD-Net"),
-    "physicalnn": (PhysicalNN, 2_027, "PhysicalNN"),
-}
-
-
-def peer_module(name: str, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    module = PEERS[name][0]().eval()
-    with torch.no_grad():  # random but non-degenerate BatchNorm statistics
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return module
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+from hbl_edge.peers import PEERS, count_parameters, export_peer, peer_module  # noqa: E402  (re-exported)
 
 
 # ---------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------
-def export_peer(module: nn.Module, path: Path, opset: int = 17) -> Path:
-    """The same tracer and dynamic axes as hbl_edge.export (N, H, W dynamic)."""
-    example = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
-    dims = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(), (example,), str(path), dynamo=False, export_params=True, do_constant_folding=True,
-            opset_version=opset, input_names=["image"], output_names=["enhanced"],
-            dynamic_axes={"image": dims, "enhanced": dims},
-        )
-    return path
-
-
 def export_ours(spec: str, where: Path) -> tuple[Path, dict[str, Any]]:
     """ONNX of one of our models through hbl_edge's export path: a genotype (random weights) or a bundle."""
     from hbl_edge.bundle import load_bundle
@@ -281,25 +119,13 @@ def time_onnx(
 
 def time_baselines(names=DEFAULT_BASELINES, resolutions=DEFAULT_RESOLUTIONS, *, warmup: int = 2, repeats: int = 9,
                    seed: int = 0) -> dict[str, dict[str, Any]]:
-    """{baseline: {"WxH": stats}} of the numpy baselines on a float32 random image."""
-    from hbl_edge.baselines import get_baseline
+    """{baseline: {"WxH": stats}} of the numpy baselines on a float32 random image (hbl_edge.baselines.time_baselines)."""
+    from hbl_edge.baselines import time_baselines as timed
 
     out: dict[str, dict[str, Any]] = {n: {} for n in names}
-    rng = np.random.default_rng(seed)
     for w, h in resolutions:
-        img = rng.random((h, w, 3), dtype=np.float32)
-        fns = {n: get_baseline(n).fn for n in names}
-        for n in names:
-            for _ in range(warmup):
-                fns[n](img)
-        samples: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(repeats):
-            for n in names:
-                t0 = time.perf_counter()
-                fns[n](img)
-                samples[n].append((time.perf_counter() - t0) * 1e3)
-        for n in names:
-            out[n][f"{w}x{h}"] = _stats(samples[n])
+        for n, samples in timed(names, (w, h), warmup=warmup, repeats=repeats, seed=seed).items():
+            out[n][f"{w}x{h}"] = _stats(samples)
     return out
 
 
@@ -318,11 +144,12 @@ def run(ours: list[str], *, resolutions=DEFAULT_RESOLUTIONS, threads: int = 2, w
         for name in PEERS:
             module = peer_module(name)
             n_params = count_parameters(module)
-            if n_params != PEERS[name][1]:
-                raise RuntimeError(f"{name}: {n_params} parameters, the published model has {PEERS[name][1]}")
+            peer = PEERS[name]
+            if n_params != peer.parameters:
+                raise RuntimeError(f"{name}: {n_params} parameters, the published model has {peer.parameters}")
             models[name] = export_peer(module, Path(tmp) / f"{name}.onnx")
-            info[name] = {"kind": "peer (re-implemented, random weights)", "task": module.task,
-                          "parameters": n_params, "peers_md": PEERS[name][2]}
+            info[name] = {"kind": "peer (re-implemented, random weights)", "task": peer.task,
+                          "parameters": n_params, "peers_md": peer.peers_md, "architecture": peer.architecture}
         for i, spec in enumerate(ours):
             label = labels.get(spec, spec)
             models[label], info[label] = export_ours(spec, Path(tmp) / f"ours{i}")

@@ -21,7 +21,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -38,6 +38,7 @@ __all__ = [
     "BASELINES",
     "register_baseline",
     "get_baseline",
+    "time_baselines",
     "auto_gamma",
     "clahe",
     "guided_filter",
@@ -80,6 +81,32 @@ def register_baseline(name: str, task: str) -> Callable[[ImageFn], ImageFn]:
 def get_baseline(name: str) -> Baseline:
     """The registered baseline ``name``; unknown names raise :class:`ConfigError` listing the known ones."""
     return BASELINES.get(name)
+
+
+def time_baselines(names: Sequence[str], resolution: Sequence[int], *, warmup: int = 2, repeats: int = 9,
+                   seed: int = 0) -> dict[str, list[float]]:
+    """Every timed call (ms) of each baseline on one seeded random float32 H×W×3 image.
+
+    ``resolution`` is (W, H). After ``warmup`` untimed calls each, ``repeats`` rounds in which
+    every baseline runs once (so a burst of load from another process hits all alike). For
+    reference only: a classical method's time is how it is written (float32 vs float64 numpy),
+    not a latency target.
+    """
+    import time
+
+    w, h = resolution
+    img = np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)
+    fns = {n: get_baseline(n).fn for n in names}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(img)
+    samples: dict[str, list[float]] = {n: [] for n in fns}
+    for _ in range(repeats):
+        for n, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(img)
+            samples[n].append((time.perf_counter() - t0) * 1e3)
+    return samples
 
 
 def _check(img: Any) -> np.ndarray:

@@ -85,6 +85,44 @@ def save_bundle(
     return out_dir
 
 
+#: What :func:`save_weights` writes beside ``model.safetensors`` for a module no genotype rebuilds.
+WEIGHTS_META = "weights.json"
+WEIGHTS_FORMAT = "hbl-weights/1"
+
+
+def save_weights(out_dir: str | Path, model: torch.nn.Module, *, task: str, loss: dict[str, Any],
+                 provenance: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Path:
+    """``model.safetensors`` + ``weights.json`` of a module that is not a :class:`Network`.
+
+    Not a bundle (no genotype: the code that built the module must build it again, see
+    ``provenance``), so :func:`load_bundle` refuses it; :func:`load_weights` reads it back into
+    a module of the same architecture.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": WEIGHTS_FORMAT})
+    write_json(out_dir / WEIGHTS_META, {
+        "format": WEIGHTS_FORMAT, "task": task, "module": type(model).__name__, "parameters": count_parameters(model),
+        "loss": loss, "versions": versions(), "provenance": provenance or {}, "metrics": metrics or {},
+    })
+    return out_dir
+
+
+def load_weights(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load :func:`save_weights`' ``path/model.safetensors`` into ``model`` (strict); returns ``weights.json``."""
+    p = Path(path)
+    meta = read_json(p / WEIGHTS_META, BundleError, "weights metadata")
+    if not isinstance(meta, dict) or meta.get("format") != WEIGHTS_FORMAT:
+        raise BundleError(f"{p / WEIGHTS_META}: not an {WEIGHTS_FORMAT} file; train the module again")
+    try:
+        model.load_state_dict(load_file(str(p / WEIGHTS)), strict=True)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise BundleError(f"{p / WEIGHTS}: does not fit a {type(model).__name__} ({str(e).splitlines()[0]})") from None
+    return meta
+
+
 def resolve_bundle_dir(path: str | Path) -> Path:
     """A bundle directory from a directory, its model.json or its model.safetensors."""
     p = Path(path)

@@ -281,10 +281,11 @@ def print_report(report: dict) -> None:
 @user_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="where the demo writes everything"),
-    steps: int = typer.Option(1000, help="final training steps (the whole demo takes a few minutes on 2 cores)"),
+    steps: int = typer.Option(1000, help="training steps of the searched model and of the peer-sized net beside it"),
     task: str = typer.Option("lowlight"),
 ) -> None:
-    """Search a loss and an architecture on the embedded data, train it, compare with the input and baselines."""
+    """Search an edge model under the fast peer's measured latency (SCI for low light) on the embedded data, train it
+    and the peer's architecture alike, and show quality and latency of both, the baselines and the input side by side."""
     from .demo import run_demo
 
     run_demo(out=out, steps=steps, task=task, search_fn=run_search_with_progress, console=console, print_report=print_report)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from .bundle import META, save_bundle
+from .bundle import META, WEIGHTS_META, save_bundle, save_weights
 from .data import TrainSampler, open_dataset, val_batches
 from .distributed import DistContext, init_from_env, record_processes, resumable_record, sync_batchnorm_
 from .errors import ConfigError
@@ -50,7 +50,7 @@ class TrainConfig:
     """Everything a training run depends on; saved as ``config.json`` beside the results."""
 
     task: str = "lowlight"
-    genotype: str = "hbl-lol-2022"  # built-in name or path to genotype.json
+    genotype: str | None = "hbl-lol-2022"  # built-in name or path to genotype.json; None: TrainSession(model=…)
     loss: str | None = None  # "l1=1,ssim=1" or a loss.json path; None = the task's default
     data: str = "embedded"  # "embedded" or a folder (see hbl_edge.data.open_dataset)
     out: str = "runs/train"
@@ -82,8 +82,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         task = get_task(self.task)
-        genotype = load_genotype(self.genotype)
-        if genotype.macro is not None and genotype.macro.model != task.inverse:
+        genotype = load_genotype(self.genotype) if self.genotype is not None else None
+        if genotype is not None and genotype.macro is not None and genotype.macro.model != task.inverse:
             raise ConfigError(
                 f"genotype {self.genotype!r} applies the {genotype.macro.model} model, but task {task.name!r} "
                 f"inverts with {task.inverse}; pick an edge genotype made for {task.name}"
@@ -206,7 +206,7 @@ def _check_out_dir(out: Path, resume: bool) -> None:
     has_state = (out / STATE).exists()
     if resume and not has_state:
         raise ConfigError(f"--resume: {out} has no checkpoint ({STATE}); start without --resume")
-    if not resume and (has_state or (out / META).exists()):
+    if not resume and (has_state or (out / META).exists() or (out / WEIGHTS_META).exists()):
         raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
 
 
@@ -215,10 +215,17 @@ class TrainSession:
 
     Preparing is separate from running so every user mistake (bad option, data path, run
     directory) surfaces before anything is drawn or written.
+
+    ``model``: train this module instead of ``cfg.genotype``'s network (which must then be
+    None), e.g. a peer's architecture (:mod:`hbl_edge.peers`) on the same data, sampler and
+    loss as a searched network. With no genotype to rebuild it, it ends as weights
+    (:func:`hbl_edge.bundle.save_weights`), not as a bundle.
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, provenance: dict[str, Any] | None = None,
-                 dist: DistContext | None = None) -> None:
+                 dist: DistContext | None = None, model: torch.nn.Module | None = None) -> None:
+        if (model is None) == (cfg.genotype is None):
+            raise ConfigError("train either a genotype (TrainConfig.genotype) or a module (model=…), not both or neither")
         cfg.validate()
         self.dist = dist = dist or init_from_env()
         out = Path(cfg.out)
@@ -245,7 +252,8 @@ class TrainSession:
                                     rank=dist.rank, world_size=dist.world_size)
 
         # the paper network or an edge network (DESIGN §10)
-        self.model = sync_batchnorm_(Network.from_genotype(cfg.genotype), dist).to(dist.device)
+        self.model = sync_batchnorm_(model if model is not None else Network.from_genotype(cfg.genotype), dist)
+        self.model = self.model.to(dist.device)
         self.opt = make_optimizer(cfg, self.model.parameters())
         self.sched = make_schedule(cfg, self.opt)
         self.step, self.best = 0, {}
@@ -323,7 +331,8 @@ class TrainSession:
         }
         if self.dist.enabled:
             prov["distributed"] = self.dist.describe()
-        save_bundle(out, model.eval(), task=cfg.task, loss=self.spec.to_dict(), provenance=prov, metrics=metrics)
+        save = save_bundle if cfg.genotype is not None else save_weights
+        save(out, model.eval(), task=cfg.task, loss=self.spec.to_dict(), provenance=prov, metrics=metrics)
         plot_training(self.history, out / "plots" / "train_curves.png")
         return TrainResult(out, self.step, metrics, self.history)
 

@@ -113,12 +113,8 @@ def measure_networks(
 
     backend = normalise_backend(backend)
     w, h = parse_resolution(resolution, minimum=4)
-    if repeats < 1 or warmup < 0 or rounds < 1:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"repeats and rounds must be ≥ 1 and warmup ≥ 0, got {repeats}, {rounds}, {warmup}")
+    _check_counts(repeats, warmup, rounds)
     x = np.random.default_rng(seed).random((1, 3, h, w), dtype=np.float32)
-    got: list[list[list[float]]] = [[] for _ in genotypes]
     with tempfile.TemporaryDirectory(prefix="hbl-deployed-") as tmp:
         openers: list[Callable[[], Any]] = []
         trt = None
@@ -140,18 +136,59 @@ def measure_networks(
         from .timing import torch_threads
 
         with torch_threads(threads if backend == "torch" else None):
-            order = list(range(len(genotypes)))
-            for r in range(rounds):
-                for n, i in enumerate(order if r % 2 == 0 else order[::-1]):
-                    got[i].append(_consecutive(openers[i](), x, warmup, repeats))
-                    gc.collect()
-                    if progress:
-                        progress("timing networks", r * len(order) + n + 1, rounds * len(order))
+            got = _rounds(openers, x, warmup, repeats, rounds, progress)
         if trt is not None:
             trt.close()
-    if samples:
-        return [[v for rnd in g for v in rnd] for g in got]
-    return [float(statistics.median([v for rnd in g for v in rnd])) for g in got]
+    return got if samples else [float(statistics.median(g)) for g in got]
+
+
+def _rounds(openers: Sequence[Callable[[], Any]], x: np.ndarray, warmup: int, repeats: int, rounds: int,
+            progress: Progress | None) -> list[list[float]]:
+    """Every timed run (ms) per opener: ``rounds`` rounds, every other one in reverse order."""
+    got: list[list[float]] = [[] for _ in openers]
+    order = list(range(len(openers)))
+    for r in range(rounds):
+        for n, i in enumerate(order if r % 2 == 0 else order[::-1]):
+            got[i].extend(_consecutive(openers[i](), x, warmup, repeats))
+            gc.collect()
+            if progress:
+                progress("timing networks", r * len(order) + n + 1, rounds * len(order))
+    return got
+
+
+def _check_counts(repeats: int, warmup: int, rounds: int) -> None:
+    if repeats < 1 or warmup < 0 or rounds < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"repeats and rounds must be ≥ 1 and warmup ≥ 0, got {repeats}, {rounds}, {warmup}")
+
+
+def measure_onnx(
+    paths: Sequence[str | Path],
+    resolution: str | Sequence[int] = (640, 360),
+    *,
+    repeats: int = 15,
+    warmup: int = 3,
+    rounds: int = 2,
+    threads: int | None = None,
+    allow_spinning: bool | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> list[list[float]]:
+    """Every timed run (ms) of each ONNX file, by the method of :func:`measure_networks`.
+
+    For graphs that are no genotype's (a peer's re-implemented architecture, an exported
+    bundle): the same deployed runner (:class:`~hbl_edge.runtime.ort_runner.OrtRunner` with
+    ``threads`` and ``allow_spinning``), fresh per round, the same consecutive runs and
+    alternating round order, on the same seeded random 1×3×H×W input. So a peer timed here and
+    a derived network measured by the search are measured alike.
+    """
+    w, h = parse_resolution(resolution, minimum=4)
+    _check_counts(repeats, warmup, rounds)
+    x = np.random.default_rng(seed).random((1, 3, h, w), dtype=np.float32)
+    openers = [_ort_opener(Path(p), device, threads, allow_spinning) for p in paths]
+    return _rounds(openers, x, warmup, repeats, rounds, progress)
 
 
 def _trt_opener(harness: Any, path: Path, shape: tuple[int, ...]) -> Callable[[], Any]:
@@ -180,4 +217,4 @@ def measure_network(
     return float(statistics.median(flat))
 
 
-__all__ = ["export_network", "measure_network", "measure_networks"]
+__all__ = ["export_network", "measure_network", "measure_networks", "measure_onnx"]

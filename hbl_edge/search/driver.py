@@ -650,17 +650,27 @@ def _stage_t_inputs(out: Path) -> bool:
     return (out / "model" / "train" / "state.pt").exists()
 
 
+def stage_t_config(cfg: SearchConfig, out: Path) -> TrainConfig:
+    """Stage T's training run of the search in ``out`` (``out/model``): steps, sampler, crop, schedule.
+
+    Public so that a comparison network can be trained exactly alike (``make demo`` trains the
+    SCI-sized net with this, its genotype, loss and folder replaced).
+    """
+    return TrainConfig(
+        task=cfg.task, genotype=str(out / "genotype.json"), loss=str(out / "loss.json"), data=cfg.data,
+        out=str(out / "model"), steps=cfg.steps_t, batch_size=cfg.train_batch_size, crop=cfg.train_crop,
+        lr=cfg.train_lr, seed=cfg.seed, val_every=max(cfg.steps_t // 10, 1), ckpt_every=max(cfg.steps_t // 10, 1),
+        deterministic=cfg.deterministic, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
+        lpips_net=cfg.lpips_net,
+    )
+
+
 def _stage_t(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist: DistContext) -> dict[str, Any]:
     from ..evaluate import evaluate, model_method
 
     resume_t = dist.on_main(lambda: _stage_t_inputs(out))
     run = out / "model"
-    tcfg = TrainConfig(
-        task=cfg.task, genotype=str(out / "genotype.json"), loss=str(out / "loss.json"), data=cfg.data, out=str(run),
-        steps=cfg.steps_t, batch_size=cfg.train_batch_size, crop=cfg.train_crop, lr=cfg.train_lr, seed=cfg.seed,
-        val_every=max(cfg.steps_t // 10, 1), ckpt_every=max(cfg.steps_t // 10, 1), deterministic=cfg.deterministic,
-        vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net,
-    )
+    tcfg = stage_t_config(cfg, out)
     session = TrainSession(tcfg, resume=resume_t, provenance={"search_run": str(out)}, dist=dist)
     res = session.run(lambda step, rec: progress("T", step, cfg.steps_t, rec) if progress else None)
     if res.interrupted:
