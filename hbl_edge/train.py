@@ -242,7 +242,7 @@ class TrainSession:
 
         task = get_task(cfg.task)
         self.cfg, self.out, self.provenance = cfg, out, provenance or {}
-        default = task.default_loss_for(load_genotype(cfg.genotype))
+        default = task.default_loss_for(load_genotype(cfg.genotype) if cfg.genotype is not None else None)
         self.spec = parse_loss_spec(cfg.loss or ",".join(f"{k}={v}" for k, v in default.items()))
         self.criterion = build_loss(self.spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
                                     lpips_net=cfg.lpips_net).to(dist.device)
