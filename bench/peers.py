@@ -117,6 +117,29 @@ def time_onnx(
     return out
 
 
+def time_onnx_deployed(
+    models: dict[str, Path], resolutions=DEFAULT_RESOLUTIONS, *, threads: int = 2, warmup: int = 3,
+    repeats: int = 15, rounds: int = 2, allow_spinning: bool | None = None,
+) -> dict[str, dict[str, Any]]:
+    """{model: {"WxH": stats}} by the search's deployed method (hbl_edge.search.deployed.measure_onnx):
+    one live session at a time, fresh per round, consecutive runs, round order alternately reversed.
+
+    Why this is the default: with every session alive and runs interleaved (:func:`time_onnx`),
+    the previous session's spinning worker threads take a core from the next one on a small
+    machine (docs/latency.md), which inflates every model's time by a different amount.
+    """
+    from hbl_edge.search.deployed import measure_onnx
+
+    names = list(models)
+    out: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for w, h in resolutions:
+        runs = measure_onnx([models[n] for n in names], (w, h), repeats=repeats, warmup=warmup, rounds=rounds,
+                            threads=threads, allow_spinning=allow_spinning)
+        for n, samples in zip(names, runs):
+            out[n][f"{w}x{h}"] = _stats(samples)
+    return out
+
+
 def time_baselines(names=DEFAULT_BASELINES, resolutions=DEFAULT_RESOLUTIONS, *, warmup: int = 2, repeats: int = 9,
                    seed: int = 0) -> dict[str, dict[str, Any]]:
     """{baseline: {"WxH": stats}} of the numpy baselines on a float32 random image (hbl_edge.baselines.time_baselines)."""
@@ -130,7 +153,7 @@ def time_baselines(names=DEFAULT_BASELINES, resolutions=DEFAULT_RESOLUTIONS, *, 
 
 
 def run(ours: list[str], *, resolutions=DEFAULT_RESOLUTIONS, threads: int = 2, warmup: int = 3, repeats: int = 15,
-        baselines=DEFAULT_BASELINES, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        baselines=DEFAULT_BASELINES, labels: dict[str, str] | None = None, method: str = "deployed") -> dict[str, Any]:
     """Export the peers and ``ours`` (genotypes or bundles), time them side by side, time the baselines."""
     import onnxruntime
 
@@ -154,15 +177,22 @@ def run(ours: list[str], *, resolutions=DEFAULT_RESOLUTIONS, threads: int = 2, w
             label = labels.get(spec, spec)
             models[label], info[label] = export_ours(spec, Path(tmp) / f"ours{i}")
             info[label]["spec"] = spec
-        latency = time_onnx(models, resolutions, threads=threads, warmup=warmup, repeats=repeats)
+        if method == "deployed":
+            latency = time_onnx_deployed(models, resolutions, threads=threads, warmup=warmup, repeats=repeats)
+        else:
+            latency = time_onnx(models, resolutions, threads=threads, warmup=warmup, repeats=repeats)
     base = time_baselines(baselines, resolutions) if baselines else {}
     return {
         "format": "hbl-bench-peers/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "procedure": (f"ONNX Runtime CPU via create_runner('ort', threads={threads}); {warmup} warm-up runs, then "
-                      f"{repeats} interleaved rounds (order rotated per round); median and IQR per model; batch 1, "
-                      "random float32 input. Baselines: numpy, float32 input, 2 warm-ups + 9 runs, reference only "
-                      "(no latency target)."),
+        "method": method,
+        "procedure": ((f"hbl_edge.search.deployed.measure_onnx: the deployed OrtRunner (threads={threads}), one live "
+                       f"session at a time, fresh per round, {warmup} warm-up + {repeats} consecutive runs, 2 rounds "
+                       "(the second reversed); median and IQR of all runs" if method == "deployed" else
+                       f"ONNX Runtime CPU via create_runner('ort', threads={threads}); {warmup} warm-up runs, then "
+                       f"{repeats} interleaved rounds (order rotated per round); median and IQR per model")
+                      + "; batch 1, random float32 input. Baselines: numpy, float32 input, 2 warm-ups + 9 runs, "
+                        "reference only (no latency target)."),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "onnxruntime": onnxruntime.__version__, "threads": threads},
@@ -198,13 +228,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--method", choices=("deployed", "interleaved"), default="deployed",
+                    help="deployed: the search's method (one session at a time, consecutive runs); interleaved: all "
+                         "sessions alive, runs rotated (the earlier results)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     from hbl_edge.runio import parse_resolution, write_json
 
     resolutions = tuple(parse_resolution(r) for r in args.resolutions.split(","))
     result = run(args.genotype + args.bundle, resolutions=resolutions, threads=args.threads, warmup=args.warmup,
-                 repeats=args.repeats, baselines=() if args.no_baselines else DEFAULT_BASELINES)
+                 repeats=args.repeats, baselines=() if args.no_baselines else DEFAULT_BASELINES, method=args.method)
     print(table(result))
     print(f"load before {result['load_before']['loadavg']}, after {result['load_after']['loadavg']}")
     if args.out:
