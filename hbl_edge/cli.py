@@ -654,7 +654,7 @@ def search(
         cfg.macro, cfg.macro_widths, cfg.macro_refine = macro, parse_widths(macro_widths), parse_refine(macro_refine)
         cfg.macro_steps = macro_steps
     if quick:
-        for k, v in quick_overrides().items():
+        for k, v in quick_overrides(cfg.macro).items():
             setattr(cfg, k, v)
     if len(budgets) > 1:
         from .search.pareto import run_pareto

@@ -21,7 +21,7 @@ def test_search_cli_end_to_end_and_resume_refusal(tmp_path, monkeypatch):
 
     small = dict(config.quick_overrides(), channels=(4, 8), units=1, steps_l=2, steps_a=2, steps_t=4,
                  crop=32, train_crop=32, critic_steps=4)
-    monkeypatch.setattr(config, "quick_overrides", lambda: small)
+    monkeypatch.setattr(config, "quick_overrides", lambda macro=None: small)
     out = tmp_path / "run"
     res = invoke("search", "--quick", "--device", "jetson-orin-nx", "--latency-budget", 10, "--resolution", "64x48",
                  "--out", out)
@@ -72,7 +72,7 @@ def test_search_cli_pareto_sweep_and_errors(tmp_path, monkeypatch):
 
     small = dict(config.quick_overrides(), channels=(4, 8), units=1, steps_l=2, steps_a=2, steps_t=2,
                  crop=32, train_crop=32, critic_steps=4)
-    monkeypatch.setattr(config, "quick_overrides", lambda: small)
+    monkeypatch.setattr(config, "quick_overrides", lambda macro=None: small)
     out = tmp_path / "sweep"
     res = invoke("search", "--quick", "--device", "jetson-orin-nx", "--latency-budget", "10,20", "--resolution", "64x48",
                  "--stages", "L,A", "--reference", "SCI=5:14.8", "--out", out)

@@ -142,3 +142,13 @@ def test_training_an_edge_network_calibrates_its_exposure_unless_told_not_to(tmp
     from hbl_edge.bundle import load_bundle
 
     assert float(load_bundle(tmp_path / "on").model.head.exposure) == pytest.approx(gain, rel=1e-6) and gain > 0
+
+
+def test_quick_trains_edge_networks_on_whole_frame_sized_crops():
+    from hbl_edge.search.config import quick_overrides
+
+    paper, edge = quick_overrides(), quick_overrides("edge")
+    assert (paper["train_crop"], paper["steps_t"]) == (64, 300)
+    assert (edge["train_crop"], edge["steps_t"], edge["train_lr"]) == (256, 600, 1e-3)
+    assert {k: v for k, v in edge.items() if k not in ("train_crop", "steps_t", "train_lr")} == \
+        {k: v for k, v in paper.items() if k not in ("train_crop", "steps_t", "train_lr")}
