@@ -33,6 +33,7 @@ padding to a multiple of 4, two full-resolution Gathers); the low-resolution pad
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -155,6 +156,43 @@ class Refinement(nn.Module):
         return x + r
 
 
+@torch.no_grad()
+def map_head_start(macro: Macro, z: torch.Tensor, inputs: torch.Tensor,
+                   targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The map head's bias that makes the first batch's maps right on average.
+
+    ``z``: the inner network's logits on the batch (N×C×h×w, before the head). Then
+
+    - retinex: mean L = mean(y) / mean(x) per channel (clipped to [floor, 0.99]): the global
+      gain is right from step 0 instead of being learned through the whole network, which took
+      hundreds of steps on LOL (L ≈ 0.1–0.2 against the σ(0) = 0.5 start);
+    - scattering: one global t and A fitted to the batch by least squares on the model itself,
+      y_c = t_c · x_c + (1 − t_c) · A_c per channel (slope t, intercept (1 − t)·A; one t shared
+      over the channels when the map has one channel), clipped to [floor, 0.99] and [0.01, 0.99].
+      Without it, t = 0.7 and A = 0.8 fixed, one underwater seed in three never left the
+      identity-like start (docs/benchmarks.md).
+
+    Returns the bias (the head's shape) and what was set.
+    """
+    c = macro.map_channels
+    z_mean = z.mean(dim=(0, 2, 3))
+    if macro.model == "retinex":
+        ratio = inputs.mean(dim=(0, 2, 3)) / targets.mean(dim=(0, 2, 3)).clamp(min=1e-4)  # per RGB channel
+        level = (ratio.mean().reshape(1) if c == 1 else ratio).clamp(macro.floor, 0.99)
+        return (torch.logit(level) - z_mean).reshape(1, c, 1, 1), {"L": [round(float(v), 4) for v in level]}
+    y = inputs.transpose(0, 1).reshape(3, -1).double()
+    x = targets.transpose(0, 1).reshape(3, -1).double()
+    xm, ym = x.mean(dim=1), y.mean(dim=1)
+    var = ((x - xm[:, None]) ** 2).mean(dim=1).clamp(min=1e-8)
+    slope = ((x - xm[:, None]) * (y - ym[:, None])).mean(dim=1) / var
+    t = (slope.mean().expand(3) if c == 1 else slope).clamp(macro.floor, 0.99)
+    a = ((ym - t * xm) / (1.0 - t)).clamp(0.01, 0.99)
+    t_set = t[:1] if c == 1 else t
+    bias = torch.cat([torch.logit(t_set) - z_mean[:c].double(), torch.logit(a) - z_mean[c:].double()])
+    return bias.float().reshape(1, c + 3, 1, 1), {"t": [round(float(v), 4) for v in t_set],
+                                                 "A": [round(float(v), 4) for v in a]}
+
+
 # ---------------------------------------------------------------------------------------------
 # The network
 # ---------------------------------------------------------------------------------------------
@@ -201,26 +239,13 @@ class EdgeNetwork(Network):
         return {"t": p_full, "A": airlight}
 
     @torch.no_grad()
-    def init_from_data(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        """Data-dependent start of the map head (training calls this once, on its first batch).
-
-        Retinex: set the bias so the initial illumination has the batch's exposure ratio,
-        mean L = mean(y) / mean(x) per channel (clipped to [floor, 1]): the global gain is then
-        right from step 0 instead of being learned through the whole network, which took
-        hundreds of steps on LOL (L ≈ 0.1–0.2 against the σ(0) = 0.5 start). Scattering keeps
-        its generic start (t = 0.7, A = 0.8). Returns what was set.
-        """
-        if self.macro.model != "retinex":
-            return {}
-        low = box_downscale(inputs, self.macro.scale)
-        z = self.core(pad_low(low))
-        c = self.macro.map_channels
-        ratio = inputs.mean(dim=(0, 2, 3)) / targets.mean(dim=(0, 2, 3)).clamp(min=1e-4)  # per RGB channel
-        level = ratio.mean().reshape(1) if c == 1 else ratio
-        level = level.clamp(self.macro.floor, 0.99)
-        z_mean = z.mean(dim=(0, 2, 3))
-        self.head.bias.copy_((torch.logit(level) - z_mean).reshape(1, c, 1, 1))
-        return {"L": [round(float(v), 4) for v in level]}
+    def init_from_data(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """Data-dependent start of the map head (training calls this once, on its first batch);
+        :func:`map_head_start` says what is set. Returns it."""
+        z = self.core(pad_low(box_downscale(inputs, self.macro.scale)))
+        bias, info = map_head_start(self.macro, z, inputs, targets)
+        self.head.bias.copy_(bias)
+        return info
 
     #: State added after bundles were first written, with the value an older bundle means.
     optional_state = {"head.exposure": 1.0}
@@ -269,5 +294,5 @@ def build_network(genotype) -> Network:
 
 __all__ = [
     "EdgeNetwork", "MapNetwork", "MapHead", "Refinement", "build_network", "retinex_inverse",
-    "scattering_inverse", "pad_low", "INITIAL_LOGITS",
+    "scattering_inverse", "pad_low", "INITIAL_LOGITS", "map_head_start",
 ]

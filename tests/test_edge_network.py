@@ -351,7 +351,27 @@ def test_init_from_data_sets_the_exposure_ratio():
         z = net.core(pad_low(box_downscale(x, 2)))[:, :, :8, :8]
         level = torch.sigmoid(z.mean(dim=(0, 2, 3)) + net.head.bias.flatten())
     torch.testing.assert_close(level, torch.tensor([0.2, 0.25, 0.125]), atol=1e-5, rtol=0)
-    assert Network.from_genotype(tiny(model="scattering")).init_from_data(x, target) == {}
+
+
+
+@pytest.mark.parametrize("map_channels", [1, 3])
+def test_init_from_data_fits_t_and_a_of_the_scattering_model(map_channels):
+    """A batch made by the model itself, y = t·x + (1 − t)·A, gives back t and A, and the head's
+    maps then have that t and A on the batch."""
+    torch.manual_seed(0)
+    net = Network.from_genotype(tiny(model="scattering", map_channels=map_channels)).eval()
+    clean = torch.rand(2, 3, 16, 16)
+    t = torch.tensor([0.6, 0.6, 0.6] if map_channels == 1 else [0.5, 0.6, 0.8]).reshape(1, 3, 1, 1)
+    a = torch.tensor([0.8, 0.7, 0.9]).reshape(1, 3, 1, 1)
+    hazy = clean * t + (1 - t) * a
+    got = net.init_from_data(hazy, clean)
+    assert got["t"] == pytest.approx(t.flatten()[:map_channels].tolist(), abs=1e-3)
+    assert got["A"] == pytest.approx(a.flatten().tolist(), abs=1e-3)
+    with torch.no_grad():
+        z = net.core(pad_low(box_downscale(hazy, net.macro.scale)))[:, :, :8, :8]
+        t_map, a_map = net.head(z)
+    assert float(a_map.mean(dim=0).flatten()[0]) == pytest.approx(0.8, abs=0.02)
+    assert float(t_map.mean()) == pytest.approx(float(t.flatten()[:map_channels].mean()), abs=0.05)
 
 
 def test_recalibrate_batchnorm_averages_whole_image_statistics():

@@ -83,15 +83,12 @@ class EdgeSupernet(Supernet):
 
     @torch.no_grad()
     def init_from_data(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """The map head's data-dependent start (as :meth:`EdgeNetwork.init_from_data`)."""
-        if self.macro.model != "retinex":
-            return
-        low = box_downscale(inputs, self.macro.scale)
-        z = Supernet.forward(self, pad_low(low))
-        c = self.macro.map_channels
-        ratio = inputs.mean(dim=(0, 2, 3)) / targets.mean(dim=(0, 2, 3)).clamp(min=1e-4)
-        level = (ratio.mean().reshape(1) if c == 1 else ratio).clamp(self.macro.floor, 0.99)
-        self.map_head.bias.copy_((torch.logit(level) - z.mean(dim=(0, 2, 3))).reshape(1, c, 1, 1))
+        """The map head's data-dependent start (:func:`hbl_edge.edge_network.map_head_start`)."""
+        from ..edge_network import map_head_start
+
+        z = Supernet.forward(self, pad_low(box_downscale(inputs, self.macro.scale)))
+        bias, _ = map_head_start(self.macro, z, inputs, targets)
+        self.map_head.bias.copy_(bias)
 
 
 def derive_edge(net: EdgeSupernet, max_parameter_free_per_unit: int | None = None) -> tuple[Genotype, DerivationReport]:
