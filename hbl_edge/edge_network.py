@@ -251,7 +251,7 @@ class EdgeNetwork(Network):
     optional_state = {"head.exposure": 1.0}
 
     @torch.no_grad()
-    def calibrate_exposure(self, frames: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    def calibrate_exposure(self, frames: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float | None:
         """Fit the retinex output's global gain on whole frames: c* = ⟨o, y⟩ / ⟨o, o⟩, pooled.
 
         Why: a network trained on crops with L1 settles its global exposure by seed and by
@@ -260,10 +260,10 @@ class EdgeNetwork(Network):
         training frames (``frames``: (input, target) pairs, 1×3×H×W each, from the *training*
         split) moves the exposure to where the training references put it; the gain is kept in
         ``head.exposure`` (exported as one Mul) and multiplies the inverse's output before
-        the refinement. Returns c* (1.0 and nothing set for a scattering network).
+        the refinement. Returns c* (None for a scattering network: it has no exposure gain).
         """
         if self.macro.model != "retinex":
-            return 1.0
+            return None
         self.head.exposure.fill_(1.0)
         num = den = 0.0
         for inp, tgt in frames:

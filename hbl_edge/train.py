@@ -35,7 +35,7 @@ from .imageio import to_tensor
 from .losses import build_loss, parse_loss_spec
 from .metrics import psnr, ssim
 from .network import Network, count_parameters
-from .runio import append_jsonl, atomic_path, check_same_config, read_jsonl, seed_everything, versions, write_json
+from .runio import append_jsonl, atomic_path, check_same_config, read_jsonl, seed_everything, versions
 from .tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,8 @@ class TrainSession:
 
         task = get_task(cfg.task)
         self.cfg, self.out, self.provenance = cfg, out, provenance or {}
-        default = task.default_loss_for(load_genotype(cfg.genotype) if cfg.genotype is not None else None)
+        genotype = load_genotype(cfg.genotype) if cfg.genotype is not None else None  # read once
+        default = task.default_loss_for(genotype)
         self.spec = parse_loss_spec(cfg.loss or ",".join(f"{k}={v}" for k, v in default.items()))
         self.criterion = build_loss(self.spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
                                     lpips_net=cfg.lpips_net).to(dist.device)
@@ -252,7 +253,7 @@ class TrainSession:
                                     rank=dist.rank, world_size=dist.world_size)
 
         # the paper network or an edge network (DESIGN §10)
-        self.model = sync_batchnorm_(model if model is not None else Network.from_genotype(cfg.genotype), dist)
+        self.model = sync_batchnorm_(model if model is not None else Network.from_genotype(genotype), dist)
         self.model = self.model.to(dist.device)
         self.opt = make_optimizer(cfg, self.model.parameters())
         self.sched = make_schedule(cfg, self.opt)
@@ -340,7 +341,7 @@ class TrainSession:
         """c* of EdgeNetwork.calibrate_exposure on up to ``exposure_frames`` whole training frames."""
         cfg, model = self.cfg, self.model
         calibrate = getattr(model, "calibrate_exposure", None)
-        if not cfg.calibrate_exposure or calibrate is None or model.macro.model != "retinex":
+        if not cfg.calibrate_exposure or calibrate is None:
             return None
         src = self.sampler.source
         picks = range(0, len(src), max(1, math.ceil(len(src) / cfg.exposure_frames)))
@@ -351,8 +352,9 @@ class TrainSession:
                 yield (to_tensor(inp)[None].to(self.dist.device), to_tensor(tgt)[None].to(self.dist.device))
 
         model.eval()
-        gain = calibrate(frames())
-        log.info("exposure calibration on %d whole training frames: gain %.3f", len(picks), gain)
+        gain = calibrate(frames())  # None: the network has no exposure gain (scattering)
+        if gain is not None:
+            log.info("exposure calibration on %d whole training frames: gain %.3f", len(picks), gain)
         return gain
 
     def _train_step(self) -> dict[str, Any]:

@@ -97,6 +97,7 @@ def test_exposure_calibration_fits_the_least_squares_gain_and_survives_export_an
             o = net(x).clamp(0, 1)
         frames.append((x, 2.0 * o))  # the reference: exactly twice what the network gives
     assert net.calibrate_exposure(frames) == pytest.approx(2.0, rel=1e-5)
+    assert EdgeNetwork(load_genotype("edge-haze-s4")).calibrate_exposure(frames) is None  # no gain to fit
     x = frames[0][0]
     with torch.no_grad():
         assert torch.allclose(net(x), 2.0 * (frames[0][1] / 2.0), atol=1e-5)  # before the clamp: 2 × the old output

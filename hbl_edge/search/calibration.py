@@ -143,7 +143,8 @@ def _as_calibration(form: str, theta: np.ndarray) -> dict[str, Any]:
     return {"kind": form, "scale": scale, "scales": scales, "offset_ms": p.get("offset_ms", 0.0)}
 
 
-def _predict(cal: dict[str, Any], terms: dict[str, float]) -> float:
+def apply_calibration(cal: dict[str, Any], terms: dict[str, Any]) -> Any:
+    """A fitted whole-network model applied to one network's terms (floats, or tensors of ``expected``)."""
     return sum(cal["scales"][k] * terms[k] for k in CALIBRATION_TERMS) + cal["offset_ms"]
 
 
@@ -184,7 +185,7 @@ def fit_network_model(
             for i in range(n):
                 keep = np.arange(n) != i
                 ci = _as_calibration(form, _solve(x[keep], c[keep], y[keep]))
-                loo.append(100.0 * (_predict(ci, terms[i]) - y[i]) / y[i])
+                loo.append(100.0 * (apply_calibration(ci, terms[i]) - y[i]) / y[i])
         tried[form] = {**cal, "loo_rel_rmse_pct": float(np.sqrt(np.mean(np.square(loo)))) if loo else None,
                        "loo_max_abs_pct": float(np.max(np.abs(loo))) if loo else None, "loo_pct": loo}
     if not tried:
@@ -198,7 +199,7 @@ def fit_network_model(
     else:
         best = next(iter(tried))
     chosen = dict(tried[best])
-    resid = np.array([_predict(chosen, t) for t in terms]) - y
+    resid = np.array([apply_calibration(chosen, t) for t in terms]) - y
     return {
         "kind": best, "scale": chosen["scale"], "scales": chosen["scales"], "offset_ms": chosen["offset_ms"],
         "n": n, "rmse_ms": float(np.sqrt(np.mean(resid**2))),
@@ -258,7 +259,7 @@ def calibrate_table(
     rows = []
     for i, ((g, kap), t, m) in enumerate(zip(picked, terms, measured)):
         rows.append({"index": i, "kappa": kap, "genotype": g.summary(), "terms_ms": t,
-                     "predicted_raw_ms": sum(t.values()), "predicted_ms": _predict(fit, t), "measured_ms": m})
+                     "predicted_raw_ms": sum(t.values()), "predicted_ms": apply_calibration(fit, t), "measured_ms": m})
     fit.update(
         seed=seed, rows=rows, load={"before": before, "after": after},
         measured_by="hbl_edge.search.deployed: fresh runner per network and round, "
@@ -268,4 +269,4 @@ def calibrate_table(
     return fit
 
 
-__all__ = ["FORMS", "calibrate_table", "calibration_genotypes", "fit_calibration", "fit_network_model"]
+__all__ = ["FORMS", "apply_calibration", "calibrate_table", "calibration_genotypes", "fit_calibration", "fit_network_model"]

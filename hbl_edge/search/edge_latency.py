@@ -206,8 +206,9 @@ class EdgeLatencyModel:
     def _combine(self, inner: Any, part: float) -> Any:
         if self.whole is None:
             return inner + part
-        sc = self.whole["scales"]
-        return sc["full"] * inner + sc["fixed"] * part + self.whole["offset_ms"]
+        from .calibration import apply_calibration
+
+        return apply_calibration(self.whole, edge_terms(inner, part))
 
     def expected(self, alpha: Any) -> torch.Tensor:
         return self._combine(self.inner.expected(alpha), self.part_ms(self.macro))
@@ -248,6 +249,12 @@ class EdgeLatencyModel:
             raise LatencyTableError(f"{path} is not an edge latency model (format hbl-edge-latency/1)")
         return cls(LatencyModel(LatencyTable.from_dict(d["inner"], str(path))), d["parts"],
                    Macro.from_dict(d["macro"]), d["resolution"], d.get("whole"))
+
+
+def edge_terms(inner: Any, part: float) -> dict[str, Any]:
+    """The whole-network model's terms of an edge network: the inner prediction as the one op
+    level, the full-resolution part as the fixed part (so forms linear/levels scale only the inner)."""
+    return {"full": inner, "half": 0.0, "hnu": 0.0, "fixed": float(part)}
 
 
 def edge_calibration_genotypes(inner: LatencyModel, shapes: Sequence[tuple[Macro, int]], n: int,
@@ -294,10 +301,7 @@ def calibrate_edge(
     measured = measure_networks(genotypes, "onnxruntime", resolution, repeats=repeats, warmup=warmup, rounds=rounds,
                                 threads=threads, allow_spinning=allow_spinning, device=device)
     after = load_snapshot()
-    terms = []
-    for g in genotypes:
-        part = parts[macro_key(g.macro)]["ms"]
-        terms.append({"full": inner.predict(core_genotype(g)), "half": 0.0, "hnu": 0.0, "fixed": float(part)})
+    terms = [edge_terms(inner.predict(core_genotype(g)), parts[macro_key(g.macro)]["ms"]) for g in genotypes]
     fit = fit_network_model(terms, measured, forms=("offset", "ratio", "linear"))
     rows = [{"genotype": g.summary(), "inner_ms": t["full"], "part_ms": t["fixed"], "predicted_raw_ms": t["full"] + t["fixed"],
              "measured_ms": m} for g, t, m in zip(genotypes, terms, measured)]
