@@ -22,10 +22,8 @@ Machine load (``hbl_edge.runtime.machine.machine_load``) is recorded before and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -207,7 +205,7 @@ def run(ours: list[str], *, resolutions=DEFAULT_RESOLUTIONS, threads: int = 2, w
 
 def table(result: dict[str, Any]) -> str:
     res = list(next(iter(result["latency"].values())).keys())
-    lines = [f"| model | kind | params | " + " | ".join(f"ms {r}" for r in res) + " |",
+    lines = ["| model | kind | params | " + " | ".join(f"ms {r}" for r in res) + " |",
              "|---|---|---:|" + "---:|" * len(res)]
     for name, lat in result["latency"].items():
         i = result["models"][name]
