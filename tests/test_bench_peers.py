@@ -64,3 +64,24 @@ def test_our_genotype_is_exported_through_the_package_path(tmp_path):
     path, info = peers.export_ours("edge-lol-s8", tmp_path)
     assert path.name == "model.onnx" and info["kind"] == "genotype (random weights)"
     assert info["genotype"].startswith("edge s8 retinex")
+
+
+def test_deployed_timing_is_the_searchs_method_per_model_and_resolution(tmp_path, monkeypatch):
+    """time_onnx_deployed hands every model to deployed.measure_onnx (one session at a time) with
+    the runner settings, and reports each model's runs; then once for real through ONNX Runtime."""
+    import hbl_edge.search.deployed as deployed
+
+    paths = {n: peers.export_peer(peers.peer_module(n), tmp_path / f"{n}.onnx") for n in ("sci", "zerodce++")}
+    calls = []
+
+    def fake(ps, resolution, **kw):
+        calls.append((list(ps), tuple(resolution), kw["threads"], kw["rounds"]))
+        return [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+
+    monkeypatch.setattr(deployed, "measure_onnx", fake)
+    res = peers.time_onnx_deployed(paths, resolutions=((32, 24), (16, 12)), threads=1, warmup=1, repeats=3)
+    assert calls == [([paths["sci"], paths["zerodce++"]], (32, 24), 1, 2), ([paths["sci"], paths["zerodce++"]], (16, 12), 1, 2)]
+    assert res["sci"]["32x24"]["median_ms"] == 2.0 and res["zerodce++"]["16x12"]["median_ms"] == 5.0
+    monkeypatch.undo()
+    real = peers.time_onnx_deployed(paths, resolutions=((32, 24),), threads=1, warmup=1, repeats=3)
+    assert all(real[n]["32x24"]["n"] == 6 for n in paths)  # 3 consecutive runs × 2 rounds
