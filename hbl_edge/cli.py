@@ -596,6 +596,7 @@ def search(
     macro_units: str = typer.Option("1,3", help="--macro edge: HNU counts"),
     macro_refine: str = typer.Option("none,conv_3x3", help="--macro edge: refinement branches (none, or ops joined by +)"),
     macro_steps: int = typer.Option(0, help="--macro edge: short stage-A steps per candidate (0: steps-a / 4)"),
+    macro_train_steps: Optional[int] = typer.Option(None, help="--macro edge: stage-T steps each candidate's derived network trains before the best validation PSNR wins (0: rank by the short search's loss; default 300, --quick 100)"),
     hnu_norm: str = typer.Option("edge", help="HNU edges: one BatchNorm per edge (edge, the reference's) or per candidate op (candidate, DARTS)"),
     objective: str = typer.Option("critic", help="stage-L upper objective: critic | fidelity"),
     terms: Optional[str] = typer.Option(None, help="loss terms stage L weighs, e.g. l1,l2,color (default: l1,l2,color,ssim,tv,laplacian; under --macro edge l1,l2,color)"),
@@ -607,8 +608,8 @@ def search(
     steps_l: int = typer.Option(200, help="stage L steps"),
     steps_a: int = typer.Option(400, help="stage A steps"),
     steps_t: int = typer.Option(2000, help="stage T (final training) steps"),
-    crop: int = typer.Option(64, help="crop size of the search's batches (stages L, A; an edge network at scale s sees crop/s)"),
-    train_crop: int = typer.Option(128, help="crop size of stage T's batches"),
+    crop: Optional[int] = typer.Option(None, help="crop size of the search's batches (stages L, A; an edge network at scale s sees crop/s); default 64, under --macro edge 128"),
+    train_crop: Optional[int] = typer.Option(None, help="crop size of stage T's batches; default 128, under --macro edge 256"),
     seed: int = typer.Option(0),
     deterministic: bool = typer.Option(False, help="deterministic algorithms (a resumed run ends identical)"),
     quick: bool = typer.Option(False, help="small supernet and few steps: a full search in minutes on a CPU (sets its own steps, crops and learning rates)"),
@@ -656,6 +657,8 @@ def search(
     if quick:
         for k, v in quick_overrides(cfg.macro).items():
             setattr(cfg, k, v)
+    if macro_train_steps is not None:
+        cfg.macro_train_steps = macro_train_steps
     if len(budgets) > 1:
         from .search.pareto import run_pareto
 

@@ -66,6 +66,8 @@ def demo_config(out: Path, task: str, steps: int, budget_ms: float | None) -> Se
     for k, v in quick_overrides().items():
         setattr(cfg, k, v)
     cfg.steps_t, cfg.train_crop = steps, 96
+    # each macro candidate's network trains a quarter of stage T before the best one is kept
+    cfg.macro_train_steps = max(steps // 4, 1)
     return cfg
 
 

@@ -150,6 +150,24 @@ def test_quick_trains_edge_networks_on_whole_frame_sized_crops():
 
     paper, edge = quick_overrides(), quick_overrides("edge")
     assert (paper["train_crop"], paper["steps_t"]) == (64, 300)
-    assert (edge["train_crop"], edge["steps_t"], edge["train_lr"]) == (256, 600, 1e-3)
-    assert {k: v for k, v in edge.items() if k not in ("train_crop", "steps_t", "train_lr")} == \
-        {k: v for k, v in paper.items() if k not in ("train_crop", "steps_t", "train_lr")}
+    assert (edge["train_crop"], edge["steps_t"], edge["train_lr"], edge["macro_train_steps"]) == (256, 600, 1e-3, 100)
+    edge_only = ("train_crop", "steps_t", "train_lr", "macro_train_steps")
+    assert {k: v for k, v in edge.items() if k not in edge_only} == {k: v for k, v in paper.items() if k not in edge_only}
+
+
+def test_edge_search_crops_default_by_macro_and_stay_when_given():
+    from hbl_edge.search.config import SearchConfig, default_crops
+
+    paper = SearchConfig()
+    paper.validate()
+    edge = SearchConfig(macro="edge", latency_budget=10.0)
+    edge.validate()
+    assert (paper.crop, paper.train_crop) == default_crops(None) == (64, 128)
+    assert (edge.crop, edge.train_crop) == default_crops("edge") == (128, 256)
+    given = SearchConfig(macro="edge", latency_budget=10.0, crop=96, train_crop=160)
+    given.validate()
+    assert (given.crop, given.train_crop) == (96, 160)
+    from hbl_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--macro-train-steps"):
+        SearchConfig(macro="edge", latency_budget=10.0, macro_train_steps=-1).validate()

@@ -1,6 +1,7 @@
 """Macro search of the edge network: EdgeSupernet, the edge latency model, the outer sweep."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,8 +85,10 @@ def test_full_resolution_parts_are_measured_as_deployed():
     assert row["ms"] == pytest.approx(row["shell_ms"] - row["empty_ms"]) and row["shell_ms"] > 0 and row["empty_ms"] > 0
 
 
-def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path):
-    """--macro edge on tiny shapes; the profiled tables are replaced by made-up ones in the run's cache."""
+@pytest.mark.parametrize("train_steps", [0, 3])
+def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path, train_steps):
+    """--macro edge on tiny shapes; the profiled tables are replaced by made-up ones in the run's cache.
+    train_steps 0 ranks by the short search's loss; 3: each candidate's network is trained and scored."""
     from hbl_edge.runio import write_json
     from hbl_edge.search.config import SearchConfig
     from hbl_edge.search.driver import run_search
@@ -109,12 +112,20 @@ def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path):
     cfg = SearchConfig(out=str(out), stages="A", space="edge", units=1, crop=32, batch_size=2, steps_a=3,
                        w_lr=0.02, upper_lr=0.05, device="cpu", latency_budget=1000.0, resolution=res,
                        deterministic=True, macro="edge", macro_scales=(2, 4), macro_widths=((4, 8),), macro_units=(1,),
-                       macro_refine=((),), macro_steps=2, latency_threads=1)
+                       macro_refine=((),), macro_steps=2, macro_train_steps=train_steps, latency_threads=1)
     run_search(cfg)
     sweep = json.loads((out / "search/macro.json").read_text())
     rows = {r["name"]: r for r in sweep["candidates"]}
     assert rows["s2 4/8x1 refine:none"]["feasible"] is False and "score" not in rows["s2 4/8x1 refine:none"]
-    assert rows["s4 4/8x1 refine:none"]["feasible"] is True and rows["s4 4/8x1 refine:none"]["steps"] == 2
+    s4 = rows["s4 4/8x1 refine:none"]
+    assert s4["feasible"] is True and s4["steps"] == 2
+    if train_steps:  # the candidate's network was trained and scored on whole validation frames
+        bundle = json.loads((Path(s4["proxy_run"]) / "model.json").read_text())
+        assert s4["proxy_steps"] == 3 and bundle["provenance"]["steps"] == 3
+        assert s4["proxy_val_psnr"] == pytest.approx(bundle["metrics"]["val_psnr"]) and 0 < s4["proxy_val_psnr"] < 100
+        assert "trained 3 steps" in sweep["rule"] and "proxy_val_psnr" not in rows["s2 4/8x1 refine:none"]
+    else:
+        assert "proxy_val_psnr" not in s4 and "λ* loss" in sweep["rule"]
     assert sweep["chosen"] == Candidate(4, (4, 8), 1, ()).to_dict()
     g = load_genotype(out / "genotype.json")
     assert g.format == FORMAT_V2 and g.macro.scale == 4 and g.units == 1 and g.channels == (4, 8)

@@ -30,6 +30,18 @@ def default_terms(macro: str | None) -> tuple[str, ...]:
     return EDGE_DEFAULT_TERMS if macro == "edge" else DEFAULT_TERMS
 
 
+def default_crops(macro: str | None) -> tuple[int, int]:
+    """(search crop, stage-T crop) when ``--crop`` / ``--train-crop`` are not given.
+
+    The paper network: 64 and 128 (the reference code's patch sizes). ``--macro edge``: 128 and
+    256, because the edge network's maps see crop/s pixels: at s = 8 a 64-pixel crop is an 8×8
+    map, too small to learn the exposure and the illumination's layout from, and its HNUs cost
+    1/s² of the paper network's at the same crop (LOL-15 with the quick search's genotype: 13.66 dB
+    on crops of 64, 16.52 on 256; docs/benchmarks.md).
+    """
+    return (128, 256) if macro == "edge" else (64, 128)
+
+
 @dataclass
 class SearchConfig:
     """Everything a search depends on. Defaults follow the reference code unless noted."""
@@ -64,6 +76,9 @@ class SearchConfig:
     macro_units: tuple[int, ...] = (1, 3)
     macro_refine: tuple[tuple[str, ...], ...] = ((), ("conv_3x3",))
     macro_steps: int = 0  # short stage A per candidate; 0 = steps_a // 4 (at least 4)
+    # then each candidate's derived network trains this many stage-T steps and the best validation
+    # PSNR wins (hbl_edge.search.driver._proxy_train); 0 = rank by the short search's λ* loss
+    macro_train_steps: int = 300
     # bilevel optimisation (DESIGN §5)
     order: str = "second"
     lower_step: str = "simultaneous"  # reuses the virtual step's gradient (docs/search.md) | alternating (DARTS)
@@ -73,7 +88,7 @@ class SearchConfig:
     terms: tuple[str, ...] | None = None  # None = default_terms(macro), resolved by validate()
     steps_l: int = 200
     steps_a: int = 400
-    crop: int = 64
+    crop: int | None = None  # None = default_crops(macro)[0], resolved by validate()
     batch_size: int = 2
     w_lr: float = 5e-4  # SGD for weights, as the reference
     w_momentum: float = 0.9
@@ -86,7 +101,7 @@ class SearchConfig:
     # stage T (final training from scratch)
     steps_t: int = 2000
     train_batch_size: int = 4
-    train_crop: int = 128
+    train_crop: int | None = None  # None = default_crops(macro)[1]
     train_lr: float = 1e-3
     # run
     seed: int = 0
@@ -121,6 +136,9 @@ class SearchConfig:
             raise ConfigError(f"--latency-form must be one of {', '.join(LATENCY_FORMS)}")
         if self.latency_budget is not None and not (self.latency_budget > 0 and math.isfinite(self.latency_budget)):
             raise ConfigError(f"--latency-budget must be a positive number of milliseconds, got {self.latency_budget}")
+        crops = default_crops(self.macro)
+        self.crop = crops[0] if self.crop is None else self.crop
+        self.train_crop = crops[1] if self.train_crop is None else self.train_crop
         if self.batch_size < 2 or self.train_batch_size < 2:
             raise ConfigError("batch sizes must be ≥ 2 (BatchNorm needs batch statistics)")
         if self.crop % 4 or self.crop < 16:
@@ -139,6 +157,9 @@ class SearchConfig:
                 raise ConfigError("--macro edge trades quality for latency: give --latency-budget MS")
             if self.macro_steps < 0:
                 raise ConfigError(f"--macro-steps must be ≥ 0, got {self.macro_steps}")
+            if self.macro_train_steps < 0:
+                raise ConfigError(f"--macro-train-steps must be ≥ 0 (0: rank candidates by the short search's loss), "
+                                  f"got {self.macro_train_steps}")
         if self.terms is None:
             self.terms = default_terms(self.macro)
         self.terms = tuple(self.terms)
@@ -185,5 +206,5 @@ def quick_overrides(macro: str | None = None) -> dict:
         w_lr=0.02, upper_lr=3e-2, train_crop=64, train_lr=2e-3, ckpt_every=10,
     )
     if macro == "edge":
-        out.update(steps_t=600, train_crop=256, train_lr=1e-3)
+        out.update(steps_t=600, train_crop=256, train_lr=1e-3, macro_train_steps=100)
     return out
