@@ -551,13 +551,7 @@ def _proxy_train(cfg: SearchConfig, out: Path, cand, genotype, dist: DistContext
         genotype.save(d / "genotype.json")
 
     dist.on_main(prepare)  # every rank waits for rank 0's files
-    tcfg = TrainConfig(
-        task=cfg.task, genotype=str(d / "genotype.json"), loss=str(out / "loss.json"), data=cfg.data,
-        out=str(d / "model"), steps=cfg.macro_train_steps, batch_size=cfg.train_batch_size, crop=cfg.train_crop,
-        lr=cfg.train_lr, seed=cfg.seed, val_every=cfg.macro_train_steps, ckpt_every=cfg.macro_train_steps,
-        val_crop=None, deterministic=cfg.deterministic, vgg_weights=cfg.vgg_weights,
-        lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net,
-    )
+    tcfg = _train_config(cfg, out, d / "genotype.json", d / "model", cfg.macro_train_steps, val_crop=None)
     t0 = time.perf_counter()
     res = TrainSession(tcfg, provenance={"search_run": str(out), "macro_candidate": cand.name}, dist=dist).run()
     if res.interrupted:
@@ -706,13 +700,20 @@ def stage_t_config(cfg: SearchConfig, out: Path) -> TrainConfig:
     Public so that a comparison network can be trained exactly alike (``make demo`` trains the
     SCI-sized net with this, its genotype, loss and folder replaced).
     """
+    return _train_config(cfg, out, out / "genotype.json", out / "model", cfg.steps_t,
+                         val_every=max(cfg.steps_t // 10, 1))
+
+
+def _train_config(cfg: SearchConfig, out: Path, genotype: Path, run: Path, steps: int, *,
+                  val_every: int | None = None, **extra: Any) -> TrainConfig:
+    """A stage-T training of ``genotype`` with the search's λ* (``out/loss.json``) and recipe."""
     cfg.validate()  # resolves the defaults that depend on --macro (the crops)
+    every = val_every or steps
     return TrainConfig(
-        task=cfg.task, genotype=str(out / "genotype.json"), loss=str(out / "loss.json"), data=cfg.data,
-        out=str(out / "model"), steps=cfg.steps_t, batch_size=cfg.train_batch_size, crop=cfg.train_crop,
-        lr=cfg.train_lr, seed=cfg.seed, val_every=max(cfg.steps_t // 10, 1), ckpt_every=max(cfg.steps_t // 10, 1),
-        deterministic=cfg.deterministic, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
-        lpips_net=cfg.lpips_net,
+        task=cfg.task, genotype=str(genotype), loss=str(out / "loss.json"), data=cfg.data, out=str(run), steps=steps,
+        batch_size=cfg.train_batch_size, crop=cfg.train_crop, lr=cfg.train_lr, seed=cfg.seed, val_every=every,
+        ckpt_every=every, deterministic=cfg.deterministic, vgg_weights=cfg.vgg_weights,
+        lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net, **extra,
     )
 
 
