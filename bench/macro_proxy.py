@@ -46,6 +46,13 @@ def variant(base, scale: int, channels: tuple[int, int], units: int, refine: tup
     return dataclasses.replace(base, channels=tuple(channels), units=units, hnu=hnu, macro=macro, format=None)
 
 
+def rel(path) -> str:
+    """A path as recorded in the results: relative to the repository (no machine's absolute paths)."""
+    import os
+
+    return os.path.relpath(Path(path).resolve(), ROOT) if Path(path).is_absolute() or Path(path).exists() else str(path)
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman's rank correlation (no ties expected among PSNRs)."""
     import numpy as np
@@ -64,7 +71,7 @@ def train_one(genotype_path: Path, run: Path, data: str, steps: int, seed: int, 
     meta = json.loads((run / "model.json").read_text())
     m = meta["metrics"]
     return {"val_psnr": m["val_psnr"], "val_ssim": m["val_ssim"], "train_s": m.get("train_seconds_this_session"),
-            "exposure_gain": m.get("exposure_gain"), "run": str(run)}
+            "exposure_gain": m.get("exposure_gain"), "run": rel(run)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
                 row[str(steps)] = train_one(gpath, args.work / "runs" / f"{label}-{steps}", args.data, steps,
                                             args.seed, args.threads)
             if args.test_data:
-                rep = evaluate(model_method(row[str(full)]["run"], threads=args.threads), args.test_data, "lowlight")
+                rep = evaluate(model_method(str(ROOT / row[str(full)]["run"]), threads=args.threads), args.test_data,
+                               "lowlight")
                 row["test_full"] = {"psnr": rep["mean"]["psnr"], "ssim": rep["mean"]["ssim"], "images": rep["images"]}
             runs[label] = row
             print(f"{label} {row['genotype']}: val {row[str(short)]['val_psnr']:.2f} dB at {short} steps, "
@@ -116,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
                   + (f"; test {row['test_full']['psnr']:.2f} / {row['test_full']['ssim']:.3f}" if "test_full" in row else ""),
                   flush=True)
         load["after"] = machine_load()
-        res = {"script": "bench/macro_proxy.py", "args": {k: str(v) for k, v in vars(args).items()},
+        res = {"script": "bench/macro_proxy.py", "args": {k: rel(v) if isinstance(v, (str, Path)) and k in
+                                                            ("data", "test_data", "genotype", "work", "out") else str(v)
+                                                            for k, v in vars(args).items()},
                "steps": [short, full], "seed": args.seed, "load": load, "versions": versions()}
     res["runs"] = runs
     labels = sorted(runs)
