@@ -85,13 +85,11 @@ def test_full_resolution_parts_are_measured_as_deployed():
     assert row["ms"] == pytest.approx(row["shell_ms"] - row["empty_ms"]) and row["shell_ms"] > 0 and row["empty_ms"] > 0
 
 
-@pytest.mark.parametrize("train_steps", [0, 3])
-def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path, train_steps):
-    """--macro edge on tiny shapes; the profiled tables are replaced by made-up ones in the run's cache.
-    train_steps 0 ranks by the short search's loss; 3: each candidate's network is trained and scored."""
+def _tiny_macro_config(tmp_path, train_steps):
+    """--macro edge on tiny shapes; the profiled tables are replaced by made-up ones in the run's cache
+    (s = 2 made too slow for the budget)."""
     from hbl_edge.runio import write_json
     from hbl_edge.search.config import SearchConfig
-    from hbl_edge.search.driver import run_search
 
     res = (64, 48)
     cands = grid((2, 4), ((4, 8),), (1,), ((),))
@@ -113,6 +111,16 @@ def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path, train_
                        w_lr=0.02, upper_lr=0.05, device="cpu", latency_budget=1000.0, resolution=res,
                        deterministic=True, macro="edge", macro_scales=(2, 4), macro_widths=((4, 8),), macro_units=(1,),
                        macro_refine=((),), macro_steps=2, macro_train_steps=train_steps, latency_threads=1)
+    return cfg, out
+
+
+@pytest.mark.parametrize("train_steps", [0, 3])
+def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path, train_steps):
+    """--macro edge on tiny shapes; the profiled tables are replaced by made-up ones in the run's cache.
+    train_steps 0 ranks by the short search's loss; 3: each candidate's network is trained and scored."""
+    from hbl_edge.search.driver import run_search
+
+    cfg, out = _tiny_macro_config(tmp_path, train_steps)
     run_search(cfg)
     sweep = json.loads((out / "search/macro.json").read_text())
     rows = {r["name"]: r for r in sweep["candidates"]}
@@ -132,6 +140,32 @@ def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path, train_
     lat = json.loads((out / "search/report.json").read_text())["latency"]
     assert lat["measured_ms"] is not None and lat["measured_ms"] <= 1000.0
     assert lat["repair"]["fits"] is True
+
+
+def test_a_signal_in_a_candidates_short_search_stops_the_sweep_there_and_resume_finishes(tmp_path, monkeypatch):
+    """Ctrl-C during the short search stops before its next step (at s = 2 one candidate takes
+    minutes), trains no proxy, and ``--resume`` completes the sweep."""
+    import os
+    import signal
+
+    import hbl_edge.search.driver as driver
+
+    calls = []
+    real_step = driver.bilevel_step
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; the search's flag takes it
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "bilevel_step", step)
+    cfg, out = _tiny_macro_config(tmp_path, train_steps=2)
+    res = driver.run_search(cfg)
+    assert res.interrupted and len(calls) == 1 and not (out / "search" / "macro").exists()
+    res = driver.run_search(cfg, resume=True)
+    assert res.completed == ["A"] and (out / "genotype.json").exists()
+    assert json.loads((out / "search/macro.json").read_text())["chosen_name"] == "s4 4/8x1 refine:none"
 
 
 def test_macro_needs_a_budget():

@@ -461,7 +461,7 @@ def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, di
     for cand, model in models.items():
         if cand in rows:
             continue
-        if flag.stop:
+        if dist.any(flag.stop):  # every rank stops at the same point (a collective)
             raise Interrupted
         floor = model.predict(floor_genotype(cand, cfg.task, cfg.space, model))
         row: dict[str, Any] = {"candidate": cand.to_dict(), "name": cand.name, "floor_predicted_ms": floor}
@@ -485,6 +485,8 @@ def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, di
 
             t0 = time.perf_counter()
             for step in range(steps):
+                if dist.any(flag.stop):  # a candidate's short search takes minutes at s = 2: stop between steps
+                    raise Interrupted
                 bilevel_step(state, order=cfg.order, lower_batch=place_batch(lower.batch(step), dist),
                              upper_batch=place_batch(upper.batch(step), dist), lower_loss=criterion,
                              upper_objective=objective, clip=cfg.w_clip, dist=dist, lower_step=cfg.lower_step)
@@ -503,6 +505,8 @@ def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, di
                 row.update(repaired=fixed.genotype.summary(), repaired_predicted_ms=fixed.predicted_ms,
                            repair_changes=len(fixed.changes))
                 g = fixed.genotype
+            if dist.any(flag.stop):
+                raise Interrupted
             if cfg.macro_train_steps:
                 row.update(_proxy_train(cfg, out, cand, g, dist))
             log.info("macro sweep: %s score %.4f%s, derived %.1f ms (budget %.1f)", cand.name, score,
