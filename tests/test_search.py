@@ -253,3 +253,23 @@ def test_hinge_latency_form_is_the_budget_as_a_constraint(tmp_path):
     assert all("expected_latency_ms" in r for r in records)
     assert all(torch.equal(a, b) for a, b in zip(zero, loose))  # max(1, LAT/T) = 1: no latency gradient
     assert max((a - b).abs().max().item() for a, b in zip(loose, tight)) > 1e-4  # over the budget it acts
+
+
+def test_a_run_saved_by_an_older_version_resumes_with_its_saved_settings(tmp_path, caplog):
+    """config.json written before ``macro_train_steps`` existed and with another default crop:
+    ``--resume`` with the same command continues that run (legacy value, saved crop) instead of
+    refusing it; a setting the command does give must still match."""
+    run_search(tiny(tmp_path, name="old", stages="L"))
+    path = tmp_path / "old" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["macro_train_steps"]
+    saved["train_crop"] = 48  # the default of the version that wrote it
+    path.write_text(json.dumps(saved))
+    cfg = tiny(tmp_path, name="old", stages="L", train_crop=None)  # the same command: no --train-crop
+    with caplog.at_level("WARNING", logger="hbl_edge.search.driver"):
+        res = run_search(cfg, resume=True)
+    assert not res.interrupted
+    assert cfg.macro_train_steps == 0 and cfg.train_crop == 48
+    assert "macro_train_steps = 0" in caplog.text and "train_crop = 48" in caplog.text
+    with pytest.raises(ConfigError, match=r"different settings.*train_crop"):
+        run_search(tiny(tmp_path, name="old", stages="L", train_crop=64), resume=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from ..errors import ConfigError
 from ..ops import get_space
@@ -187,6 +188,28 @@ class SearchConfig:
             if k in kw and kw[k] is not None:
                 kw[k] = tuple(tuple(v) for v in kw[k])
         return cls(**kw)
+
+
+#: Settings added after search runs were first saved, with the value that reproduces a run whose
+#: config.json predates them: ``--resume`` of such a run continues as the version that wrote it.
+LEGACY_VALUES: dict[str, Any] = {"macro_train_steps": 0}  # before it, the short search's loss ranked
+#: Settings whose default is resolved by :meth:`SearchConfig.validate` and has changed between
+#: versions (the crops under ``--macro edge``): not given on the command line, a resumed run
+#: takes the saved value.
+VERSIONED_DEFAULTS = ("terms", "crop", "train_crop")
+
+
+def saved_settings_to_adopt(saved: dict, defaulted: set[str]) -> dict[str, Any]:
+    """What a resumed run takes from its saved ``config.json`` rather than from this version.
+
+    ``defaulted``: the :data:`VERSIONED_DEFAULTS` the command did not give. A setting the saved
+    file lacks takes its :data:`LEGACY_VALUES` entry; a defaulted one takes the saved value.
+    Every other setting must still match (``runio.check_same_config``).
+    """
+    adopt = {k: v for k, v in LEGACY_VALUES.items() if k not in saved}
+    adopt.update({k: saved[k] for k in defaulted if k in saved})
+    typed = SearchConfig.from_dict(adopt)  # lists back to tuples, as the dataclass holds them
+    return {k: getattr(typed, k) for k in adopt}
 
 
 def quick_overrides(macro: str | None = None) -> dict:

@@ -37,7 +37,7 @@ from ..losses import LossSpec, build_loss, parse_loss_spec
 from ..distributed import record_processes
 from ..runio import append_jsonl, atomic_path, check_same_config, read_jsonl, seed_everything, versions, write_json
 from ..train import TrainConfig, TrainSession, _StopFlag
-from .config import SearchConfig
+from .config import VERSIONED_DEFAULTS, SearchConfig, saved_settings_to_adopt
 from .stages import BilevelState, bilevel_step, make_optimizers, normalise_weights_, place, place_batch
 from .supernet import Supernet, derive
 
@@ -92,13 +92,25 @@ def stage_done(out: Path, name: str) -> bool:
     return True
 
 
-def _check_run_dir(cfg: SearchConfig, out: Path, resume: bool) -> None:
+def _check_run_dir(cfg: SearchConfig, out: Path, resume: bool, defaulted: set[str]) -> dict[str, Any]:
+    """Refuse a run directory that does not fit; on ``--resume``, return the settings the run
+    takes from its saved ``config.json`` (:func:`~hbl_edge.search.config.saved_settings_to_adopt`)."""
     saved = out / "config.json"
     if resume:
         if not saved.exists():
             raise ConfigError(f"--resume: {out} holds no search run (no config.json); start without --resume")
-        check_same_config(saved, {**asdict(cfg), **resumable_record(saved)})  # the process count may change
-        return
+        try:
+            saved_cfg = json.loads(saved.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--resume: {saved} is unreadable ({e}); start the run again in another --out") from None
+        adopt = saved_settings_to_adopt(saved_cfg, defaulted)
+        for k, v in adopt.items():
+            if getattr(cfg, k) != v:
+                log.warning("--resume: %s = %s as the saved run (%s)", k, v,
+                            "not in its config.json" if k not in saved_cfg else "not given here; this version's default differs")
+        current = {**asdict(cfg), **adopt, **resumable_record(saved)}  # the process count may change
+        check_same_config(saved, {k: v for k, v in current.items() if k in saved_cfg or k not in adopt})
+        return adopt
     done = [s for s in cfg.stage_list if (out / OUTPUTS[s]).exists()]
     if done:
         raise ConfigError(
@@ -117,11 +129,13 @@ def run_search(cfg: SearchConfig, *, resume: bool = False, progress: Progress | 
     environment (a plain call without it is one process, as always). Rank 0 alone reads and
     writes ``cfg.out`` and calls ``progress``.
     """
+    defaulted = {k for k in VERSIONED_DEFAULTS if getattr(cfg, k) is None}
     cfg.validate()
     owns_group = dist is None
     dist = dist or init_from_env()
     out = Path(cfg.out)
-    dist.on_main(lambda: _check_run_dir(cfg, out, resume))
+    for k, v in (dist.on_main(lambda: _check_run_dir(cfg, out, resume, defaulted)) or {}).items():
+        setattr(cfg, k, v)  # on every rank
     if "L" in cfg.stage_list and cfg.order == "first":
         raise ConfigError(
             "stage L cannot learn with --order first: its upper objective does not depend on λ directly, "
