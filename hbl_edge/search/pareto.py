@@ -89,6 +89,7 @@ def run_pareto(cfg: SearchConfig, budgets: Sequence[float], references: Sequence
         raise ConfigError("a Pareto sweep needs at least one --latency-budget")
     out = Path(cfg.out)
     stages = cfg.stage_list
+    raw = cfg  # as given: run_search resolves its defaults itself (a resumed run may keep saved ones)
     cfg = dataclasses.replace(cfg, latency_budget=min(budgets))
     cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ def run_pareto(cfg: SearchConfig, budgets: Sequence[float], references: Sequence
         else:
             _check_reachable(cfg, _latency_model(cfg, out))
     if "L" in stages and not (out / "loss.json").exists():
-        run_search(dataclasses.replace(cfg, stages="L"), resume=resume and (out / "config.json").exists(),
+        run_search(dataclasses.replace(raw, latency_budget=min(budgets), stages="L"), resume=resume and (out / "config.json").exists(),
                    progress=progress)
     rows = []
     for b in budgets:
@@ -111,7 +112,7 @@ def run_pareto(cfg: SearchConfig, budgets: Sequence[float], references: Sequence
             elif src.is_file() and not (sub / name).exists():
                 shutil.copy2(src, sub / name)
         todo = [s for s in stages if s != "L"]
-        sub_cfg = dataclasses.replace(cfg, out=str(sub), latency_budget=b, stages=",".join(todo))
+        sub_cfg = dataclasses.replace(raw, out=str(sub), latency_budget=b, stages=",".join(todo))
         if todo and not (sub / ("model/model.json" if "T" in todo else "genotype.json")).exists():
             run_search(sub_cfg, resume=resume and (sub / "config.json").exists(), progress=progress)
         rows.append(_row(sub, b))
