@@ -377,6 +377,9 @@ class RtspServer:
         server = RS.RTSPServer.new()
         server.set_address("127.0.0.1")
         server.set_service(str(self.port))
+        # Clients on this loop's thread, as in RtspSink: stop() closes them from here, and closing a
+        # client from another thread than the one reading it can leave gst-rtsp-server spinning.
+        server.get_thread_pool().set_max_threads(0)
         factory = RS.RTSPMediaFactory.new()
         w, h = self.size
         factory.set_launch(

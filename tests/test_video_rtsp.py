@@ -219,6 +219,88 @@ class TestRtspSink:
         src.close()
         sink.close()  # twice is fine
 
+    def test_close_is_prompt_with_a_player_waiting_for_the_first_frame(self):
+        """A player's DESCRIBE waits (on the server's thread) for the media's first frame; closing
+        before any frame was written answers it 503 at once instead of waiting for a frame."""
+        port = free_tcp_port()
+        sink = open_sink(f"rtsp://127.0.0.1:{port}/x")
+        sink.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as player:
+            player.sendall(f"DESCRIBE rtsp://127.0.0.1:{port}/x RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+            time.sleep(0.5)  # the media is configured and waits for a frame
+            assert sink.counters["frames"] == 0
+            t = time.monotonic()
+            sink.close()
+            assert time.monotonic() - t < 2.0
+            assert player.recv(100).startswith(b"RTSP/1.0 503 ")
+
+
+TALKING_PLAYER = """
+import os, socket, sys, threading, time
+from streams import RtspServer, free_tcp_port
+from hbl_edge.runtime.video import open_sink
+
+def serve(kind, port):
+    if kind == "sink":
+        sink = open_sink(f"rtsp://127.0.0.1:{port}/x")
+        sink.start()
+        return sink.close
+    return RtspServer(port, "/x").stop
+
+def drain(s):
+    try:
+        while s.recv(65536):
+            pass
+    except OSError:
+        pass
+
+def talk(port, done):
+    # Pipelined OPTIONS with a long header: the server reads requests a byte at a time, so its
+    # client thread is nearly always in the middle of one when the server closes.
+    request = (f"OPTIONS rtsp://127.0.0.1:{port}/x RTSP/1.0\\r\\nCSeq: 1\\r\\n"
+               f"X-Pad: {'a' * 3000}\\r\\n\\r\\n").encode() * 64
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        threading.Thread(target=drain, args=(s,), daemon=True).start()
+        try:
+            while not done.is_set():
+                s.sendall(request)
+        except OSError:
+            pass  # the server closed the connection
+
+for _ in range(3):
+    port = free_tcp_port()
+    close = serve(sys.argv[1], port)
+    done = threading.Event()
+    player = threading.Thread(target=talk, args=(port, done), daemon=True)
+    player.start()
+    time.sleep(0.2)
+    close()
+    done.set()
+    player.join(5)
+cpu = time.process_time()
+time.sleep(0.5)
+print("CPU", time.process_time() - cpu, flush=True)
+os._exit(0)  # a thread left spinning must not keep the process alive
+"""
+
+
+@requires_rtsp_server
+@pytest.mark.parametrize("server", ["sink", "fixture"])
+def test_close_while_a_player_is_talking_leaves_no_busy_loop(server):
+    """Closing the server while a player's request is being read (a TEARDOWN, a keepalive) once
+    left gst-rtsp-server's client thread spinning at 100 % of a core, logging
+    g_pollable_input_stream_read_nonblocking CRITICALs hundreds of thousands of times a second, for
+    the life of the process: close() ran in another thread than the one reading the connection.
+    Three closes mid-request (each hit the race about 9 times in 10 before the fix), in a
+    subprocess so its stderr (fd 2) is all there and a spinning thread dies with it."""
+    out = subprocess.run([sys.executable, "-c", TALKING_PLAYER, server], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    glib = [line for line in out.stderr.splitlines() if "CRITICAL **" in line or "WARNING **" in line]
+    assert not glib, f"{len(glib)} GLib criticals/warnings on stderr, the first: {glib[0]}"
+    assert out.returncode == 0, out.stderr[-2000:]
+    cpu = [float(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("CPU ")]
+    assert cpu and cpu[0] < 0.2, (out.stdout, out.stderr[-2000:])  # idle after close: nothing spins
+
 
 def test_without_gstreamer_the_errors_say_what_to_install(tmp_path):
     """gi made unimportable in a subprocess: RTSP serving and the GStreamer receivers fail in one

@@ -12,8 +12,10 @@ picture is whole. Frames written while nobody watches are counted in ``idle_fram
 dropped without encoding. ``rtsp://@:8554/enhanced`` listens on every address; ``rtsp://127.0.0.1:8554/x``
 only on that one.
 
-The server runs its own GLib main loop in a thread; ``write()`` pushes buffers into the current
-media's appsrc (thread-safe in GStreamer). Port in use → :class:`StreamError` at ``start()``;
+The server runs its own GLib main loop in a thread, which also serves every client connection
+(gst-rtsp-server's client thread pool is off), so ``close()`` never closes a connection while
+another thread is reading it; ``write()`` pushes buffers into the current media's appsrc
+(thread-safe in GStreamer). Port in use → :class:`StreamError` at ``start()``;
 GStreamer or gst-rtsp-server missing → :class:`StreamError` naming the packages.
 """
 
@@ -50,8 +52,9 @@ class RtspSink:
         self.counters: dict[str, int] = {"frames": 0, "idle_frames": 0, "clients": 0, "keyframes": 0,
                                          "forced_keyframes": 0, "dropped": 0}
         self._lock = threading.Lock()
-        self._media: list[tuple[Any, Any]] = []  # (appsrc, payloader) of every prepared media
+        self._media: list[tuple[Any, Any]] = []  # (appsrc, payloader) of every media, prepared or preparing
         self._appsrcs: list[Any] = []  # where frames go (a media being prepared needs them for its SDP)
+        self._encoded: set[Any] = set()  # appsrcs whose media's encoder has put out a frame
         self._last_key: float | None = None  # time.monotonic() of the last keyframe out of the encoder
         self._last_write: float | None = None
         self._seq = 0  # push number, carried in each buffer's offset to see which the queue dropped
@@ -96,6 +99,18 @@ class RtspSink:
         server = RS.RTSPServer.new()
         server.set_address(self.host or "0.0.0.0")
         server.set_service(str(self.port))
+        # Client connections are served in this server's own context (the loop thread below), not
+        # on gst-rtsp-server's client pool thread (by default one, shared by every client): close()
+        # closes clients from the loop thread, and gst_rtsp_client_close() is only safe in the
+        # context that reads the connection. From another thread it can clear the connection's
+        # input stream while the pool thread parses a request (a TEARDOWN, a keepalive); the next
+        # read fails without a GError, which GstRTSPConnection (1.22) counts as success, so its line
+        # reader never sees a line end: the pool thread spins at 100 % of a core for good, logging
+        # "g_pollable_input_stream_read_nonblocking: assertion ... failed" hundreds of thousands of
+        # times a second (tests/test_video_rtsp.py::test_close_while_a_player_is_talking_leaves_no_busy_loop).
+        # The price: a DESCRIBE holds this thread until its media has a first frame, so close()
+        # fails a media that has none rather than wait for it.
+        server.get_thread_pool().set_max_threads(0)
         factory = RS.RTSPMediaFactory.new()
         factory.set_launch(self._launch())
         factory.set_shared(True)
@@ -121,16 +136,21 @@ class RtspSink:
         appsrc = element.get_by_name_recurse_up("src")
         pay = element.get_by_name_recurse_up("pay0")
         # Keyframes as they leave the encoder (no DELTA_UNIT flag), for the time-based keyframe rule.
-        pay.get_static_pad("sink").add_probe(self._Gst.PadProbeType.BUFFER, self._on_encoded)
+        pay.get_static_pad("sink").add_probe(self._Gst.PadProbeType.BUFFER,
+                                             lambda pad, info: self._on_encoded(appsrc, info))
         with self._lock:
+            closing = self._closed  # a player came in while close() ran: it will get no frame
             if self._caps is not None:
                 appsrc.set_property("caps", self._caps)
             self._media.append((appsrc, pay))
-            self._appsrcs.append(appsrc)
+            if not closing:
+                self._appsrcs.append(appsrc)
             self._in_flight[appsrc] = collections.deque()
         appsrc.get_static_pad("src").add_probe(self._Gst.PadProbeType.BUFFER,
                                                lambda pad, info: self._on_dequeued(appsrc, info))
         media.connect("unprepared", lambda m: self._forget(appsrc))
+        if closing:
+            self._fail_unprepared(appsrc)
 
     def _on_play(self, client: Any, ctx: Any) -> None:
         # gst-rtsp-server emits play-request after the session's media went to PLAYING, with the
@@ -146,6 +166,7 @@ class RtspSink:
         with self._lock:
             self._media = [(a, p) for a, p in self._media if a is not appsrc]
             self._in_flight.pop(appsrc, None)
+            self._encoded.discard(appsrc)
             if appsrc in self._appsrcs:
                 self._appsrcs.remove(appsrc)
 
@@ -162,7 +183,10 @@ class RtspSink:
                 pending.popleft()
         return self._Gst.PadProbeReturn.OK
 
-    def _on_encoded(self, pad: Any, info: Any) -> Any:
+    def _on_encoded(self, appsrc: Any, info: Any) -> Any:
+        if appsrc not in self._encoded:
+            with self._lock:
+                self._encoded.add(appsrc)
         buf = info.get_buffer()
         if buf is not None and not buf.has_flags(self._Gst.BufferFlags.DELTA_UNIT):
             self._last_key = time.monotonic()
@@ -238,8 +262,14 @@ class RtspSink:
         self._closed = True
         with self._lock:
             srcs, self._appsrcs = list(self._appsrcs), []
+            unprepared = [src for src, _ in self._media if src not in self._encoded]
         for src in srcs:
             src.emit("end-of-stream")
+        # A player's DESCRIBE waits, on the loop thread (which serves every client), until its media
+        # has encoded a first frame (at most 20 s). One that has none will get none now: fail it, so
+        # the player is answered at once (503) and the loop is free to run shutdown().
+        for src in unprepared:
+            self._fail_unprepared(src)
         server, ctx, RS = self._server, self._ctx, self._RS
         done = threading.Event()
 
@@ -259,6 +289,14 @@ class RtspSink:
         self._server = None
         if not done.is_set():
             raise SinkError(f"{self.what}: the server did not stop cleanly")
+
+    def _fail_unprepared(self, appsrc: Any) -> None:
+        """An error on the media's bus: gst-rtsp-server ends the media's preparation with it, and a
+        DESCRIBE waiting for that preparation is answered 503 (any thread may post a message)."""
+        Gst = self._Gst
+        error = self._GLib.Error.new_literal(Gst.ResourceError.quark(), f"{self.what} is closing",
+                                             int(Gst.ResourceError.FAILED))
+        appsrc.post_message(Gst.Message.new_error(appsrc, error, "closed before its first frame"))
 
     def describe(self) -> dict[str, Any]:
         return {"uri": self.uri.text, "kind": "rtsp", "url": self.url, "port": self.port, "path": self.path,
