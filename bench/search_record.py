@@ -102,7 +102,8 @@ def record(run: Path, seed_evals: list[Path], wall_min: float | None = None) -> 
     macro = _read(run / "search" / "macro.json")
     return {
         "run": rel(run),
-        "settings": {k: v for k, v in config.items() if k != "versions"},
+        "settings": {k: rel(v) if isinstance(v, str) and os.path.isabs(v) else v
+                     for k, v in config.items() if k != "versions"},
         "versions": config.get("versions"),
         "wall_minutes": wall_min,
         "stage_step_seconds": stage_seconds(run / "search" / "log.jsonl"),

@@ -7,6 +7,7 @@ import socket
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from streams import (
@@ -48,15 +49,30 @@ def feed(sink, frames: int, fps: float = 30, start: int = 0, base: float | None 
     return base
 
 
+def udp_bound(port: int) -> bool:
+    """Whether a socket of this machine is bound to UDP ``port`` (any address), read off /proc.
+
+    Read, never probed by binding: a probe that binds the port itself, even for a moment, makes
+    a receiver that binds in that moment fail with "address in use" (a flaky test under load).
+    """
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local = line.split()[1]  # ADDRESS:PORT, both hex
+            if int(local.rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def wait_udp_listener(port: int, timeout: float = 10.0) -> None:
-    """Wait until something (a receiver under test) has bound UDP ``port`` on 127.0.0.1."""
+    """Wait until something (a receiver under test) has bound UDP ``port``."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                return
+        if udp_bound(port):
+            return
         time.sleep(0.01)
     raise AssertionError(f"nothing listens on udp port {port} after {timeout} s")
 
