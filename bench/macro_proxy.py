@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from result_paths import rel  # noqa: E402
+
 #: label -> macro shape (scale, widths, units, refinement) applied to the base genotype's ops.
 CANDIDATES = {
     "c0": dict(scale=8, channels=(8, 16), units=1),
@@ -44,13 +46,6 @@ def variant(base, scale: int, channels: tuple[int, int], units: int, refine: tup
     hnu = tuple((list(base.hnu) * units)[:units])
     macro = dataclasses.replace(base.macro, scale=scale, refine=tuple(refine))
     return dataclasses.replace(base, channels=tuple(channels), units=units, hnu=hnu, macro=macro, format=None)
-
-
-def rel(path) -> str:
-    """A path as recorded in the results: relative to the repository (no machine's absolute paths)."""
-    import os
-
-    return os.path.relpath(Path(path).resolve(), ROOT) if Path(path).is_absolute() or Path(path).exists() else str(path)
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -28,16 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def rel(path: str | Path) -> str:
-    """``path`` relative to the repository when it lies inside it, else as given (no home paths)."""
-    p = Path(path).absolute()
-    try:
-        return str(p.relative_to(ROOT))
-    except ValueError:
-        return os.path.relpath(p, ROOT)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from result_paths import rel  # noqa: E402
 
 
 def _read(path: Path) -> Any:
