@@ -203,6 +203,99 @@ class HalfConv(nn.Module):
         return _with_folded_last_conv(self, "expand", scale, shift)
 
 
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = W·x + b at every pixel (a 1×1 convolution), computed as one MatMul over the pixels.
+
+    x N×C×H×W, weight O×C, bias O or None → N×O×H×W. Why not ``F.conv2d``: at full resolution
+    with 3 channels ONNX Runtime's CPU Conv costs 1.5–1.8 ms at 600×400 (its NCHWc reorders),
+    where the MatMul on the N×C×(H·W) view costs about 0.1 ms beyond the memory pass
+    (``bench/refine_ops.py``). The reshapes are traced on the input's shape, so one ONNX graph
+    serves every size; TensorRT runs MatMul and Shuffle natively.
+    """
+    n, _, h, w = x.shape
+    y = torch.matmul(weight, x.flatten(2)).reshape(n, weight.shape[0], h, w)
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
+class _PixelLinear(nn.Module):
+    """Base of the MatMul ops: y = W·f(x) (+ b) per pixel, f(x) = the op's per-pixel features.
+
+    ``weight`` (O×F) is the op's last linear map (what a refinement branch zero-initialises);
+    ``bias`` is None until :meth:`fold_output_affine` adds one.
+    """
+
+    features_per_channel = 1
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        fan_in = c_in * self.features_per_channel
+        self.weight = nn.Parameter(torch.empty(c_out, fan_in))
+        # the default init of a 1×1 conv with this fan-in (kaiming uniform, a = √5)
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        self.bias: nn.Parameter | None = None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pointwise(self.features(x), self.weight, self.bias)
+
+    @torch.no_grad()
+    def fold_output_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+        folded = copy.deepcopy(self)
+        folded.weight.mul_(scale.reshape(-1, 1))
+        bias = self.bias if self.bias is not None else torch.zeros_like(shift)
+        folded.bias = nn.Parameter(bias * scale + shift)
+        return folded
+
+
+class PixelMix(_PixelLinear):
+    """``mix_1x1``: y = W·x per pixel — a 1×1 conv exported as one MatMul (:func:`pointwise`).
+
+    For full-resolution branches with few channels (a colour correction), where a Conv node
+    costs more than the arithmetic.
+    """
+
+
+class BoxMix(_PixelLinear):
+    """``boxmix_3x3``: y = W·[x; 9·box₃(x)] per pixel, box₃ the 3×3 mean (border windows clipped).
+
+    A 3×3 filter restricted to "centre tap + local mean" per input channel and mixed across
+    channels: it can smooth (denoise), sharpen (centre minus mean) and correct colour, which is
+    what a full-resolution refinement needs, with 2·C·C' weights instead of 9·C·C'. Exported as
+    one AveragePool, a Concat and a MatMul: at 600×400 with 3 channels about 0.9 ms through ONNX
+    Runtime against 2.0 ms for a Conv 3×3 (``bench/refine_ops.py``).
+    """
+
+    features_per_channel = 2
+    #: The local mean enters as the window sum (9 · mean; the clipped mean × 9 at the border),
+    #: i.e. its weight is per tap, as a 3×3 conv's weights are. Why: Adam moves every weight by
+    #: about the learning rate per step, so a weight on the plain mean learns the smoothing 9×
+    #: slower than a conv does. With the plain mean, LOL training (2000 steps) ended at a box
+    #: weight of 0.2 where the conv reached 0.9, and 1.7 dB below it on LOL-15.
+    TAPS = 9.0
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out)
+        with torch.no_grad():  # start as the default init on [x; mean]: the taps scale only the learning
+            self.weight[:, c_in:] /= self.TAPS
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        box = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        return torch.cat([x, box * self.TAPS], dim=1)
+
+
+def last_linear_weight(op: nn.Module) -> torch.Tensor:
+    """The weight of an op's last linear map (its last conv, or a MatMul op's ``weight``):
+    what a residual branch zero-initialises so it starts as the identity."""
+    if isinstance(op, _PixelLinear):
+        return op.weight
+    convs = [m for m in op.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise GenotypeError(f"{type(op).__name__} has no linear map to start at zero")
+    return convs[-1].weight
+
+
 register_op("skip_connect")(Identity)
 register_op("conv_1x1")(lambda ci, co: Conv(ci, co, 1))
 register_op("conv_3x3")(lambda ci, co: Conv(ci, co, 3))
@@ -213,10 +306,14 @@ register_op("resconv_3x3")(lambda ci, co: ResConv(ci, co, 3))
 register_op("resdilconv_3x3")(lambda ci, co: ResConv(ci, co, 3, dilation=2))
 register_op("denseblocks_1x1")(lambda ci, co: DenseBlock(ci, co, 1))
 register_op("denseblocks_3x3")(lambda ci, co: DenseBlock(ci, co, 3))
+
 # Cheaper ops of the "edge" space (docs/search_spaces.md says why each is there).
 register_op("sepconv_3x3")(lambda ci, co: SepConv(ci, co, 3))
 register_op("dilsepconv_3x3")(lambda ci, co: SepConv(ci, co, 3, dilation=2))
 register_op("conv_3x3_half")(HalfConv)
+# Full-resolution ops of the edge network's refinement branch (MatMul-based: cheap with 3 channels).
+register_op("mix_1x1")(PixelMix)
+register_op("boxmix_3x3")(BoxMix)
 
 #: Ops that hold no weights; the search guards against collapsing onto them.
 PARAMETER_FREE_OPS = frozenset({"skip_connect"})

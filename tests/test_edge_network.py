@@ -234,6 +234,15 @@ class TestForward:
         assert [type(op).__name__ for op in on.refine.ops] == ["SepConv", "Conv"]
         assert on.refine.ops[0].pw.out_channels == 4 and on.refine.ops[1].conv.out_channels == 3
 
+    @pytest.mark.parametrize("refine", [("boxmix_3x3",), ("mix_1x1", "boxmix_3x3"), ("boxmix_3x3", "mix_1x1")])
+    def test_matmul_refinement_starts_as_the_identity(self, refine):
+        on, off = make(tiny(refine=refine), perturb=False), make(tiny(), perturb=False)
+        off.load_state_dict({k: v for k, v in on.state_dict().items() if not k.startswith("refine.")})
+        x = torch.rand(2, 3, 13, 21)
+        with torch.no_grad():
+            assert torch.equal(on(x), off(x))
+        assert on.refine.ops[-1].weight.shape[0] == 3 and not on.refine.ops[-1].weight.any()
+
     def test_trains(self):
         torch.manual_seed(0)
         net = Network.from_genotype(tiny(scale=2, refine=("conv_3x3",), upsample="learned"))
@@ -300,14 +309,15 @@ def test_train_refuses_a_genotype_of_another_task(tmp_path):
 #: What the exported edge graphs may contain: ops TensorRT's ONNX parser supports.
 TENSORRT_OPS = {
     "Abs", "Add", "And", "AveragePool", "Cast", "Clip", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
-    "Gather", "Identity", "Less", "Min", "Mod", "Mul", "Neg", "Range", "ReduceMean", "Relu", "Reshape", "Resize", "Shape",
+    "Gather", "Identity", "Less", "MatMul", "Max", "Min", "Mod", "Mul", "Neg", "Range", "Reciprocal", "ReduceMean", "Relu", "Reshape", "Resize", "Shape",
     "Sigmoid", "Slice", "Split", "Sub", "Unsqueeze", "Where",
 }
 
 
-@pytest.mark.parametrize("genotype", ["s4-guided-refine", "s8-scattering-learned", "s2-bilinear"])
+@pytest.mark.parametrize("genotype", ["s4-guided-refine", "s8-scattering-learned", "s2-bilinear", "s8-matmul-refine"])
 def test_onnx_export_parity_and_ops(tmp_path, genotype):
     g = {"s4-guided-refine": tiny(scale=4, refine=("sepconv_3x3", "conv_3x3")),
+         "s8-matmul-refine": tiny(scale=8, refine=("mix_1x1", "boxmix_3x3")),
          "s8-scattering-learned": tiny(scale=8, model="scattering", map_channels=3, upsample="learned"),
          "s2-bilinear": tiny(scale=2, upsample="bilinear", map_channels=3)}[genotype]
     net = make(g)

@@ -16,15 +16,19 @@ from hbl_edge.ops import (
     OPS,
     PARAMETER_FREE_OPS,
     SPACES,
+    BoxMix,
     Conv,
     DenseBlock,
     HalfConv,
     Identity,
+    PixelMix,
     ResConv,
     SepConv,
     Space,
     get_space,
+    last_linear_weight,
     make_op,
+    pointwise,
     register_op,
     register_space,
 )
@@ -525,3 +529,52 @@ class TestEdgeSpace:
     def test_cheaper_than_conv_3x3(self, name):
         n = sum(p.numel() for p in make_op(name, 32, 32).parameters())
         assert n < 0.4 * sum(p.numel() for p in make_op("conv_3x3", 32, 32).parameters())
+
+
+class TestMatMulOps:
+    """mix_1x1 and boxmix_3x3: per-pixel linear maps computed as one MatMul (refinement ops)."""
+
+    def test_pointwise_is_a_1x1_conv(self):
+        x, w, b = _x(2, 3, 5, 7), _x(4, 3, seed=2), _x(4, seed=3)
+        torch.testing.assert_close(pointwise(x, w, b), F.conv2d(x, w[:, :, None, None], b))
+
+    def test_mix_1x1_equals_conv_1x1_with_its_weights(self):
+        op = _op("mix_1x1", c_in=3, c_out=5)
+        assert isinstance(op, PixelMix) and op.weight.shape == (5, 3)
+        x = _x(2, 3, 4, 6)
+        torch.testing.assert_close(op(x), F.conv2d(x, op.weight[:, :, None, None]))
+
+    def test_boxmix_is_centre_tap_plus_local_mean(self):
+        op = _op("boxmix_3x3", c_in=2, c_out=3)
+        assert isinstance(op, BoxMix) and op.weight.shape == (3, 4)
+        x = _x(1, 2, 7, 8)
+        # inside the border the op is one 3×3 conv: the centre tap W_x plus W_box / 9 on every tap
+        kernel = op.weight[:, 2:, None, None].expand(3, 2, 3, 3) * 1.0  # the box weight is per tap
+        kernel = kernel.clone()
+        kernel[:, :, 1, 1] += op.weight[:, :2]
+        torch.testing.assert_close(op(x)[..., 1:-1, 1:-1], F.conv2d(x, kernel)[..., :, :])
+        # at the border the mean is over the pixels the window has (a constant image stays constant)
+        const = torch.full((1, 2, 5, 5), 0.5)
+        out = op(const)
+        torch.testing.assert_close(out, out[..., 2:3, 2:3].expand_as(out))
+
+    def test_boxmix_on_one_pixel(self):
+        op = _op("boxmix_3x3", c_in=3, c_out=3)
+        x = _x(1, 3, 1, 1)  # the 3×3 mean of a lone pixel is the pixel (and enters as 9 taps of it)
+        torch.testing.assert_close(op(x), F.conv2d(x, (op.weight[:, :3] + 9 * op.weight[:, 3:])[:, :, None, None]))
+
+    @pytest.mark.parametrize("name", ["mix_1x1", "boxmix_3x3", "conv_3x3", "sepconv_3x3", "conv_3x3_half"])
+    def test_last_linear_weight_is_what_the_output_depends_on_last(self, name):
+        op = _op(name, c_in=3, c_out=3)
+        with torch.no_grad():
+            last_linear_weight(op).zero_()
+        assert torch.equal(op(_x(1, 3, 6, 6)), torch.zeros(1, 3, 6, 6))
+
+    def test_last_linear_weight_of_an_op_without_one(self):
+        with pytest.raises(GenotypeError, match="no linear map"):
+            last_linear_weight(Identity(3, 3))
+
+    @pytest.mark.parametrize("name", ["mix_1x1", "boxmix_3x3"])
+    def test_not_in_the_search_spaces(self, name):
+        # refinement-branch ops: the HNU spaces (and their latency tables) are unchanged
+        assert all(name not in sp.hnu and name not in sp.fcm for sp in SPACES.values())

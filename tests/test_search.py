@@ -264,12 +264,13 @@ def test_a_run_saved_by_an_older_version_resumes_with_its_saved_settings(tmp_pat
     saved = json.loads(path.read_text())
     del saved["macro_train_steps"]
     saved["train_crop"] = 48  # the default of the version that wrote it
+    saved["macro_refine"] = [[], ["conv_3x3"]]  # the refinement grid's default before boxmix_3x3
     path.write_text(json.dumps(saved))
     cfg = tiny(tmp_path, name="old", stages="L", train_crop=None)  # the same command: no --train-crop
     with caplog.at_level("WARNING", logger="hbl_edge.search.driver"):
         res = run_search(cfg, resume=True)
     assert not res.interrupted
-    assert cfg.macro_train_steps == 0 and cfg.train_crop == 48
+    assert cfg.macro_train_steps == 0 and cfg.train_crop == 48 and cfg.macro_refine == ((), ("conv_3x3",))
     assert "macro_train_steps = 0" in caplog.text and "train_crop = 48" in caplog.text
     with pytest.raises(ConfigError, match=r"different settings.*train_crop"):
         run_search(tiny(tmp_path, name="old", stages="L", train_crop=64), resume=True)

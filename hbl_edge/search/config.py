@@ -75,7 +75,7 @@ class SearchConfig:
     macro_scales: tuple[int, ...] = (2, 4, 8)
     macro_widths: tuple[tuple[int, int], ...] = ((8, 16), (16, 32))
     macro_units: tuple[int, ...] = (1, 3)
-    macro_refine: tuple[tuple[str, ...], ...] = ((), ("conv_3x3",))
+    macro_refine: tuple[tuple[str, ...], ...] | None = None  # None = macro.DEFAULT_REFINE, resolved by validate()
     macro_steps: int = 0  # short stage A per candidate; 0 = steps_a // 4 (at least 4)
     # then each candidate's derived network trains this many stage-T steps and the best validation
     # PSNR wins (hbl_edge.search.driver._proxy_train); 0 = rank by the short search's λ* loss
@@ -161,6 +161,10 @@ class SearchConfig:
             if self.macro_train_steps < 0:
                 raise ConfigError(f"--macro-train-steps must be ≥ 0 (0: rank candidates by the short search's loss), "
                                   f"got {self.macro_train_steps}")
+        if self.macro_refine is None:
+            from .macro import DEFAULT_REFINE
+
+            self.macro_refine = DEFAULT_REFINE
         if self.terms is None:
             self.terms = default_terms(self.macro)
         self.terms = tuple(self.terms)
@@ -194,9 +198,10 @@ class SearchConfig:
 #: config.json predates them: ``--resume`` of such a run continues as the version that wrote it.
 LEGACY_VALUES: dict[str, Any] = {"macro_train_steps": 0}  # before it, the short search's loss ranked
 #: Settings whose default is resolved by :meth:`SearchConfig.validate` and has changed between
-#: versions (the crops under ``--macro edge``): not given on the command line, a resumed run
-#: takes the saved value.
-VERSIONED_DEFAULTS = ("terms", "crop", "train_crop")
+#: versions (the crops under ``--macro edge``; the refinement grid, conv_3x3 before 2026-12-02's
+#: fifth session, boxmix_3x3 since): not given on the command line, a resumed run takes the
+#: saved value.
+VERSIONED_DEFAULTS = ("terms", "crop", "train_crop", "macro_refine")
 
 
 def saved_settings_to_adopt(saved: dict, defaulted: set[str]) -> dict[str, Any]:

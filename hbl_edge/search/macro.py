@@ -5,7 +5,7 @@ Mechanism: a small outer sweep, the op search inside.
 - The macro choices change the *shape* of the supernet (widths, unit count) or the resolution
   its inner network sees (s), so they cannot share one supernet's weights as op choices do;
   mixing them would mean a supernet per combination anyway. The grid is small (by default
-  s ∈ {2, 4, 8} × widths {8/16, 16/32} × units {1, 3} × refinement off / one conv_3x3), so an
+  s ∈ {2, 4, 8} × widths {8/16, 16/32} × units {1, 3} × refinement off / one boxmix_3x3), so an
   outer sweep is affordable and its every point is measured, not estimated.
 - The latency model prunes first: a candidate whose fastest network (the model's cheapest op
   on every edge, refinement off) is over the budget is dropped without training.
@@ -43,7 +43,11 @@ MACRO_MODES = ("edge",)
 DEFAULT_SCALES = (2, 4, 8)
 DEFAULT_WIDTHS = ((8, 16), (16, 32))
 DEFAULT_UNITS = (1, 3)
-DEFAULT_REFINE = ((), ("conv_3x3",))
+#: Refinement off, or one boxmix_3x3 (a 3×3 "centre + local mean" filter mixed across channels,
+#: one MatMul): on LOL it scored 18.22 / .692 where one conv_3x3 scored 17.49 / .686 (s8 16/32×1,
+#: 2000 steps, 1 seed each) at half the full-resolution cost (+1.2 ms against +2.5 ms at 600×400,
+#: bench/results/refine_ops.json); docs/benchmarks.md.
+DEFAULT_REFINE = ((), ("boxmix_3x3",))
 #: Map channels per task (L: 1 for low light; t: 1 for haze, per channel for underwater).
 MAP_CHANNELS = {"lowlight": 1, "dehaze": 1, "underwater": 3}
 
@@ -154,7 +158,7 @@ def parse_widths(text: str) -> tuple[tuple[int, int], ...]:
 
 
 def parse_refine(text: str) -> tuple[tuple[str, ...], ...]:
-    """``"none,conv_3x3"`` → ((), ("conv_3x3",)); ops of one branch joined by ``+``."""
+    """``"none,boxmix_3x3"`` → ((), ("boxmix_3x3",)); ops of one branch joined by ``+``."""
     from ..genotype import REFINE_OPS
 
     out = []
@@ -167,7 +171,7 @@ def parse_refine(text: str) -> tuple[tuple[str, ...], ...]:
             raise ConfigError(f"--macro-refine: {bad[0]!r} is no refinement op; use none or {', '.join(REFINE_OPS)}")
         out.append(ops)
     if not out:
-        raise ConfigError("--macro-refine takes e.g. none,conv_3x3")
+        raise ConfigError("--macro-refine takes e.g. none,boxmix_3x3")
     return tuple(out)
 
 
