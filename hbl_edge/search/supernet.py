@@ -97,16 +97,19 @@ def decompose(op: nn.Module) -> Optional[Decomposition]:
     """Split an op into same-padded stride-1 convolutions of its input, an identity, and the rest.
 
     ``conv_*``/``dilconv_3x3``: one part; ``resconv_*``: one part + identity; ``skip_connect``:
-    identity; ``sepconv_*``: one part with kernel K[o, i] = P[o, i]·D[i] (pointwise after
-    depthwise, no activation between); ``denseblocks_k``: conv2 acts on concat[x, y1], so
+    identity; ``mix_1x1``: one 1×1 part; ``sepconv_*``: one part with kernel
+    K[o, i] = P[o, i]·D[i] (pointwise after depthwise, no activation between); ``denseblocks_k``: conv2 acts on concat[x, y1], so
     conv2(concat[x, y1]) = W2[:, :C] ⋆ x + W2[:, C:] ⋆ y1: the first term is a part, the
     second the nonlinear rest. The kernels are views of (or built from) the op's parameters,
-    so gradients reach them. None for ops that do not split (anything else, biases, strides).
+    so gradients reach them. None for ops that do not split (anything else, biases, strides;
+    ``boxmix_3x3``, whose mean is clipped at the border, is no zero-padded convolution).
     """
-    from ..ops import Conv, DenseBlock, Identity, ResConv, SepConv
+    from ..ops import Conv, DenseBlock, Identity, PixelMix, ResConv, SepConv
 
     if isinstance(op, Identity):
         return Decomposition((), True, None)
+    if isinstance(op, PixelMix):  # mix_1x1: a 1×1 conv computed as a MatMul
+        return None if op.bias is not None else Decomposition((LinearPart(op.weight[:, :, None, None], 1),), False, None)
     if isinstance(op, (Conv, ResConv)):
         part = _same_conv_kernel(op.conv)
         return None if part is None else Decomposition((part,), isinstance(op, ResConv), None)
