@@ -53,8 +53,11 @@ INITIAL_LOGITS = {"L": 0.0, "t": 0.85, "A": 1.4}
 # ---------------------------------------------------------------------------------------------
 # Inverse models (pure functions; the network applies them at full resolution)
 # ---------------------------------------------------------------------------------------------
-def retinex_inverse(y: torch.Tensor, illumination: torch.Tensor, floor: float) -> torch.Tensor:
-    """x = y ⊘ max(L, ε). y N×3×H×W; L N×1×H×W or N×3×H×W (broadcast)."""
+def retinex_inverse(y: torch.Tensor, illumination: torch.Tensor, floor: float | torch.Tensor) -> torch.Tensor:
+    """x = y ⊘ max(L, ε). y N×3×H×W; L N×1×H×W or N×3×H×W (broadcast); ε a number, or a tensor
+    that broadcasts (the network's ε/c when the exposure gain is folded into L)."""
+    if isinstance(floor, torch.Tensor):
+        return y / torch.maximum(illumination, floor)
     return y / torch.clamp(illumination, min=floor)
 
 
@@ -287,8 +290,7 @@ class EdgeNetwork(Network):
             # gain c is applied to the low-resolution map, which saves a multiply over the
             # 3-channel full-resolution image
             inv_gain = 1.0 / self.head.exposure
-            scaled = self.maps(x, map_gain=inv_gain)["L"]
-            out = x / torch.maximum(scaled, self.macro.floor * inv_gain)
+            out = retinex_inverse(x, self.maps(x, map_gain=inv_gain)["L"], self.macro.floor * inv_gain)
         else:
             maps = self.maps(x)
             out = scattering_inverse(x, maps["t"], maps["A"], self.macro.floor)

@@ -28,6 +28,7 @@ from torch import nn
 
 from .errors import GenotypeError
 from .registry import Registry
+from .upsample import box_filter
 
 OpFactory = Callable[[int, int], nn.Module]
 OPS: Registry[OpFactory] = Registry("op", GenotypeError)
@@ -281,8 +282,7 @@ class BoxMix(_PixelLinear):
             self.weight[:, c_in:] /= self.TAPS
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        box = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        return torch.cat([x, box * self.TAPS], dim=1)
+        return torch.cat([x, box_filter(x, 1) * self.TAPS], dim=1)  # box_filter: border windows clipped
 
 
 def last_linear_weight(op: nn.Module) -> torch.Tensor:
