@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_OPS = ("conv_3x3", "sepconv_3x3", "conv_1x1", "mix_1x1", "boxmix_3x3")
+DEFAULT_OPS = ("conv_3x3", "sepconv_3x3", "conv_1x1", "mix_1x1", "boxmix_3x3", "boxmix_5x5")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,10 +53,10 @@ INVERSE_MODELS = ("retinex", "scattering")
 #: luminance as guide, or with a guide computed by a learned 1×1 network.
 UPSAMPLERS = ("bilinear", "guided", "learned")
 #: Ops allowed in the full-resolution refinement branch: those that can change channels
-#: (its first op maps 3→C_r, its last C_r→3). ``mix_1x1`` and ``boxmix_3x3`` are the MatMul
-#: ops (hbl_edge.ops) made for it: with 3 channels a Conv node costs more than its arithmetic.
+#: (its first op maps 3→C_r, its last C_r→3). ``mix_1x1``, ``boxmix_3x3`` and ``boxmix_5x5`` are
+#: the MatMul ops (hbl_edge.ops) made for it: with 3 channels a Conv node costs more than its arithmetic.
 REFINE_OPS = ("conv_1x1", "conv_3x3", "conv_5x5", "dilconv_3x3", "sepconv_3x3", "dilsepconv_3x3", "conv_3x3_half",
-              "mix_1x1", "boxmix_3x3")
+              "mix_1x1", "boxmix_3x3", "boxmix_5x5")
 MAX_REFINE_OPS = 4
 #: Keys a macro section may omit, with the value they then take (fixed for hbl-genotype/2).
 MACRO_DEFAULTS = {"radius": 1, "eps": 1e-2, "refine": (), "refine_channels": 8}

@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import GenotypeError
 from .registry import Registry
-from .upsample import box_filter
+from .pixelwise import box_filter, pointwise
 
 OpFactory = Callable[[int, int], nn.Module]
 OPS: Registry[OpFactory] = Registry("op", GenotypeError)
@@ -204,42 +204,57 @@ class HalfConv(nn.Module):
         return _with_folded_last_conv(self, "expand", scale, shift)
 
 
-def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = W·x + b at every pixel (a 1×1 convolution), computed as one MatMul over the pixels.
-
-    x N×C×H×W, weight O×C, bias O or None → N×O×H×W. Why not ``F.conv2d``: at full resolution
-    with 3 channels ONNX Runtime's CPU Conv costs 1.5–1.8 ms at 600×400 (its NCHWc reorders),
-    where the MatMul on the N×C×(H·W) view costs about 0.1 ms beyond the memory pass
-    (``bench/refine_ops.py``). The reshapes are traced on the input's shape, so one ONNX graph
-    serves every size; TensorRT runs MatMul and Shuffle natively.
-    """
-    n, _, h, w = x.shape
-    y = torch.matmul(weight, x.flatten(2)).reshape(n, weight.shape[0], h, w)
-    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
-
-
 class _PixelLinear(nn.Module):
     """Base of the MatMul ops: y = W·f(x) (+ b) per pixel, f(x) = the op's per-pixel features.
 
+    f(x) = [x; g₁(x); …] (:meth:`groups`), each group C_in channels, the first x itself. Group k
+    enters scaled by ``taps[k]`` (a window mean enters as its window sum: its weight is per tap,
+    as a conv's weights are). The scale is applied to the weight, W·diag(taps), a product of
+    two constants that the ONNX exporter folds, not a full-resolution multiply.
+
     ``weight`` (O×F) is the op's last linear map (what a refinement branch zero-initialises);
-    ``bias`` is None until :meth:`fold_output_affine` adds one.
+    ``bias`` is None until :meth:`fold_output_affine` adds one. :meth:`residual` computes
+    x + op(x) in the same MatMul, with the identity added to the weight's x columns.
     """
 
-    features_per_channel = 1
+    #: Scale of each feature group (the first, x itself, is 1).
+    taps: tuple[float, ...] = (1.0,)
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        fan_in = c_in * self.features_per_channel
+        fan_in = c_in * len(self.taps)
         self.weight = nn.Parameter(torch.empty(c_out, fan_in))
-        # the default init of a 1×1 conv with this fan-in (kaiming uniform, a = √5)
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        with torch.no_grad():
+            # the default init of a 1×1 conv with this fan-in (kaiming uniform, a = √5), on the
+            # unscaled features: the taps change how fast a group learns, not where it starts
+            nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+            self.weight.div_(torch.tensor(self.taps).repeat_interleave(c_in))
         self.bias: nn.Parameter | None = None
+        # constants of the forward pass (not state: a bundle stores only weight and bias)
+        self.register_buffer("column_scale", torch.tensor(self.taps).repeat_interleave(c_in), persistent=False)
+        if c_in == c_out:
+            self.register_buffer("identity", torch.eye(c_out, fan_in), persistent=False)
+
+    def groups(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        g = self.groups(x)
+        return g[0] if len(g) == 1 else torch.cat(g, dim=1)
+
+    def effective_weight(self) -> torch.Tensor:
+        """W·diag(taps): the O×F matrix the features are multiplied with."""
+        return self.weight * self.column_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pointwise(self.features(x), self.weight, self.bias)
+        return pointwise(self.features(x), self.effective_weight(), self.bias)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """x + op(x) as one MatMul, (W + [I 0])·f(x): saves the full-resolution Add of a residual
+        branch (0.16 ms at 600×400 with 3 channels). Needs c_in = c_out."""
+        if not hasattr(self, "identity"):
+            raise GenotypeError(f"{type(self).__name__}: a residual needs as many input as output channels")
+        return pointwise(self.features(x), self.effective_weight() + self.identity, self.bias)
 
     @torch.no_grad()
     def fold_output_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
@@ -266,23 +281,32 @@ class BoxMix(_PixelLinear):
     what a full-resolution refinement needs, with 2·C·C' weights instead of 9·C·C'. Exported as
     one AveragePool, a Concat and a MatMul: at 600×400 with 3 channels about 0.9 ms through ONNX
     Runtime against 2.0 ms for a Conv 3×3 (``bench/refine_ops.py``).
+
+    The mean enters as the window sum (taps 9; the clipped mean × 9 at the border). Why: Adam
+    moves every weight by about the learning rate per step, so a weight on the plain mean learns
+    the smoothing 9× slower than a conv does. With the plain mean, LOL training (2000 steps)
+    ended at a box weight of 0.2 where the conv reached 0.9, and 1.7 dB below it on LOL-15.
     """
 
-    features_per_channel = 2
-    #: The local mean enters as the window sum (9 · mean; the clipped mean × 9 at the border),
-    #: i.e. its weight is per tap, as a 3×3 conv's weights are. Why: Adam moves every weight by
-    #: about the learning rate per step, so a weight on the plain mean learns the smoothing 9×
-    #: slower than a conv does. With the plain mean, LOL training (2000 steps) ended at a box
-    #: weight of 0.2 where the conv reached 0.9, and 1.7 dB below it on LOL-15.
-    TAPS = 9.0
+    taps = (1.0, 9.0)
 
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__(c_in, c_out)
-        with torch.no_grad():  # start as the default init on [x; mean]: the taps scale only the learning
-            self.weight[:, c_in:] /= self.TAPS
+    def groups(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x, box_filter(x, 1)]  # box_filter: border windows clipped
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, box_filter(x, 1) * self.TAPS], dim=1)  # box_filter: border windows clipped
+
+class BoxMix5(_PixelLinear):
+    """``boxmix_5x5``: y = W·[x; 9·box₃(x); 25·box₅(x)] per pixel (the 3×3 and 5×5 means).
+
+    :class:`BoxMix` with a second, wider mean. As a 5×5 kernel per input channel it has three
+    free levels (centre w₀ + w₁ + w₂, the inner ring w₁ + w₂, the outer ring w₂), mixed across
+    channels, so the branch can denoise over a wider window than it sharpens. One more
+    AveragePool at full resolution than ``boxmix_3x3`` (``bench/refine_ops.py``).
+    """
+
+    taps = (1.0, 9.0, 25.0)
+
+    def groups(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x, box_filter(x, 1), box_filter(x, 2)]
 
 
 def last_linear_weight(op: nn.Module) -> torch.Tensor:
@@ -314,6 +338,7 @@ register_op("conv_3x3_half")(HalfConv)
 # Full-resolution ops of the edge network's refinement branch (MatMul-based: cheap with 3 channels).
 register_op("mix_1x1")(PixelMix)
 register_op("boxmix_3x3")(BoxMix)
+register_op("boxmix_5x5")(BoxMix5)
 
 #: Ops that hold no weights; the search guards against collapsing onto them.
 PARAMETER_FREE_OPS = frozenset({"skip_connect"})

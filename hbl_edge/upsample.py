@@ -33,7 +33,7 @@ Full resolution is never padded: the downscale averages the valid pixels of the 
 at the bottom/right edge (AveragePool, ceil_mode, count_include_pad=0) and the upsampling
 resizes to the exact input size (Resize ``linear`` with the input's shape). Every op here is one
 TensorRT runs: AveragePool, Resize (linear, half_pixel), ReduceMean, Abs, Mul/Add/Sub/Div,
-1×1 Conv, Relu.
+MatMul (the per-pixel channel mixes, :mod:`hbl_edge.pixelwise`), Concat, Slice, Relu.
 """
 
 from __future__ import annotations
@@ -43,19 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import GenotypeError
+from .pixelwise import box_filter, pointwise
 from .registry import Registry
 
 LUMA = (0.299, 0.587, 0.114)
 GUIDE_MEAN_OFFSET = 0.01  # keeps the normalised guide finite on a black frame
 LEARNED_GUIDE_WIDTH = 2  # each hidden channel costs 3 multiply-adds per full-resolution pixel
-
-
-def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over (2r+1)² windows, same size; windows are clipped at the border (not zero-padded).
-
-    N×C×H×W → N×C×H×W. AveragePool with count_include_pad=0 in ONNX.
-    """
-    return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
 
 
 def box_downscale(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -74,27 +67,9 @@ def upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def channel_mix(image: torch.Tensor, weight, bias=None) -> torch.Tensor:
-    """y_o = Σ_c weight[o][c]·x_c (+ bias[o]): a 1×1 convolution written as per-channel
-    multiply-adds. N×C×H×W → N×O×H×W (O = len(weight)).
-
-    Why not ``F.conv2d``: at full resolution with 3 input channels, ONNX Runtime's CPU Conv
-    (NCHWc layout plus reorders) took 88 ms at 600×400 where these slices and multiply-adds take
-    1.4 ms (measured on this 2-core machine, 2 threads; a ReduceSum over channels took 32 ms).
-    TensorRT fuses either form.
-    """
-    outs = []
-    for o in range(len(weight)):
-        y = image[:, 0:1] * weight[o][0]
-        for c in range(1, image.shape[1]):
-            y = y + image[:, c:c + 1] * weight[o][c]
-        outs.append(y if bias is None else y + bias[o])
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-
-
 def luminance(image: torch.Tensor) -> torch.Tensor:
-    """N×3×H×W RGB → N×1×H×W luminance (Rec. 601 weights)."""
-    return channel_mix(image, [LUMA])
+    """N×3×H×W RGB → N×1×H×W luminance (Rec. 601 weights), one MatMul (:func:`pointwise`)."""
+    return pointwise(image, image.new_tensor([LUMA]))
 
 
 def guide_scale(guide_low: torch.Tensor) -> torch.Tensor:
@@ -122,8 +97,11 @@ def guided_upsample(
     var_i = box_filter(g * g, radius) - mean_i * mean_i
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    a_full = upsample_to(box_filter(a, radius) / m, guide_full)
-    b_full = upsample_to(box_filter(b, radius), guide_full)
+    # both coefficient maps in one Resize: at 600×400 one 2-channel Resize took 0.5 ms where two
+    # 1-channel ones took 0.8 (ONNX Runtime, 2 threads)
+    c = p_low.shape[1]
+    ab_full = upsample_to(torch.cat([box_filter(a, radius) / m, box_filter(b, radius)], dim=1), guide_full)
+    a_full, b_full = ab_full.split(c, dim=1)  # one Split node, not two Slices
     return a_full * guide_full + b_full
 
 
@@ -158,7 +136,7 @@ class GuidedUpsampler(Upsampler):
 
 class LearnedGuideUpsampler(GuidedUpsampler):
     """``learned``: guided-filter upsampling with a learned guide, g = W2·ReLU(W1·x + c1) + c2
-    (W1: 3→width, W2: width→1 pointwise, evaluated with :func:`channel_mix`).
+    (W1: 3→width, W2: width→1, each one MatMul, :func:`pointwise`).
 
     Initialised to the luminance (W1 = the luma weights replicated, c = 0, W2 = 1/width), so
     training starts from ``guided`` and learns away from it only where that pays off.
@@ -179,8 +157,7 @@ class LearnedGuideUpsampler(GuidedUpsampler):
     def guide(self, image: torch.Tensor) -> torch.Tensor:
         w1, b1 = self.conv1.weight[:, :, 0, 0], self.conv1.bias
         w2, b2 = self.conv2.weight[:, :, 0, 0], self.conv2.bias
-        hidden = torch.relu(channel_mix(image, w1, b1))
-        return channel_mix(hidden, w2, b2)
+        return pointwise(torch.relu(pointwise(image, w1, b1)), w2, b2)
 
 
 UPSAMPLERS: Registry[type[Upsampler]] = Registry("map upsampler", GenotypeError)
@@ -195,6 +172,6 @@ def make_upsampler(name: str, scale: int, radius: int = 1, eps: float = 1e-2) ->
 
 __all__ = [
     "UPSAMPLERS", "Upsampler", "BilinearUpsampler", "GuidedUpsampler", "LearnedGuideUpsampler",
-    "make_upsampler", "guided_upsample", "channel_mix", "box_filter", "box_downscale", "upsample_to", "luminance",
+    "make_upsampler", "guided_upsample", "box_filter", "box_downscale", "upsample_to", "luminance",
     "guide_scale",
 ]

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,6 @@ from hbl_edge.upsample import (
     LearnedGuideUpsampler,
     box_downscale,
     box_filter,
-    channel_mix,
     guided_upsample,
     luminance,
 )
@@ -138,11 +138,35 @@ class TestPieces:
         assert got[0, 0, 1, 1] == 4.0  # the mean of all nine
         assert got[0, 0, 0, 0] == (0 + 1 + 3 + 4) / 4  # four pixels in the corner window
 
-    def test_channel_mix_equals_a_1x1_conv(self):
+    def test_luminance_is_the_rec601_mix(self):
         x = torch.rand(2, 3, 5, 7, dtype=torch.float64)
-        w, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
-        torch.testing.assert_close(channel_mix(x, w, b), F.conv2d(x, w[:, :, None, None], b))
         torch.testing.assert_close(luminance(x), 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:])
+
+    def test_learned_guide_is_two_1x1_convs(self):
+        up = LearnedGuideUpsampler(4, 1, 1e-2)
+        with torch.no_grad():
+            for p in up.parameters():
+                p.copy_(torch.randn_like(p))
+        x = torch.rand(2, 3, 5, 7)
+        want = up.conv2(torch.relu(up.conv1(x)))
+        torch.testing.assert_close(up.guide(x), want)
+
+    @pytest.mark.parametrize("channels", [1, 3])
+    def test_guided_upsample_is_the_two_coefficient_resizes(self, channels):
+        # one Resize of [ā; b̄] is the same as resizing each (bilinear acts per channel)
+        torch.manual_seed(1)
+        y = torch.rand(1, 3, 17, 23)
+        low = box_downscale(y, 4)
+        p_low = torch.rand(1, channels, *low.shape[-2:])
+        g, g_low = luminance(y), luminance(low)
+        got = guided_upsample(p_low, g, g_low, 1, 1e-2)
+        m = g_low.abs().mean(dim=(2, 3), keepdim=True) + 0.01
+        gi = g_low / m
+        mi, mp = box_filter(gi, 1), box_filter(p_low, 1)
+        a = (box_filter(gi * p_low, 1) - mi * mp) / (box_filter(gi * gi, 1) - mi * mi + 1e-2)
+        b = mp - a * mi
+        up = lambda t: F.interpolate(t, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        torch.testing.assert_close(got, up(box_filter(a, 1) / m) * g + up(box_filter(b, 1)))
 
     def test_guided_upsample_reproduces_a_map_linear_in_the_guide(self):
         # p = 2·I + 0.3 at low resolution: a tiny ε makes the local fit exact, so the map comes
@@ -180,10 +204,30 @@ class TestPieces:
         with pytest.raises(GenotypeError, match="unknown map upsampler 'cubic'"):
             UPSAMPLERS.get("cubic")
 
-    @pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (4, 8), (9, 2)])
-    def test_pad_low_is_pad_to_multiple(self, h, w):
+    @pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (4, 8), (7, 10), (100, 150)])
+    def test_pad_low_is_pad_to_multiple_where_both_sides_reflect(self, h, w):
         x = torch.rand(1, 3, h, w)
         assert torch.equal(pad_low(x), pad_to_multiple(x, 4)[0])
+
+    def test_pad_low_reflects_what_a_small_side_can_and_replicates_the_rest(self):
+        x = torch.arange(18.0).reshape(1, 1, 9, 2)  # W = 2: a pad of 2 can reflect one column
+        got = pad_low(x)
+        assert got.shape == (1, 1, 12, 4)
+        torch.testing.assert_close(got[..., :9, :], torch.stack([x[..., 0], x[..., 1], x[..., 0], x[..., 0]], -1))
+        torch.testing.assert_close(got[..., 9:, :2], x[..., [7, 6, 5], :])  # H = 9 reflects its 3 rows
+
+    def test_pad_low_exports_for_every_size(self, tmp_path):
+        class Pad(torch.nn.Module):
+            def forward(self, x):
+                return pad_low(x)
+
+        path = tmp_path / "pad.onnx"
+        torch.onnx.export(Pad(), (torch.rand(1, 3, 100, 150),), str(path), input_names=["x"],
+                          dynamic_axes={"x": {2: "h", 3: "w"}}, dynamo=False, opset_version=17)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for h, w in ((100, 150), (101, 153), (1, 1), (9, 2), (2, 3)):
+            x = torch.rand(1, 3, h, w)
+            np.testing.assert_array_equal(session.run(None, {"x": x.numpy()})[0], pad_low(x).numpy())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,15 +353,18 @@ def test_train_refuses_a_genotype_of_another_task(tmp_path):
 #: What the exported edge graphs may contain: ops TensorRT's ONNX parser supports.
 TENSORRT_OPS = {
     "Abs", "Add", "And", "AveragePool", "Cast", "Clip", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
-    "Gather", "Identity", "Less", "MatMul", "Max", "Min", "Mod", "Mul", "Neg", "Range", "Reciprocal", "ReduceMean", "Relu", "Reshape", "Resize", "Shape",
-    "Sigmoid", "Slice", "Split", "Sub", "Unsqueeze", "Where",
+    "ConstantOfShape", "Gather", "Identity", "Less", "MatMul", "Max", "Min", "Mod", "Mul", "Neg", "Pad", "Range",
+    "Reciprocal", "ReduceMean", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Split", "Sub", "Transpose",
+    "Unsqueeze", "Where",
 }
 
 
-@pytest.mark.parametrize("genotype", ["s4-guided-refine", "s8-scattering-learned", "s2-bilinear", "s8-matmul-refine"])
+@pytest.mark.parametrize("genotype", ["s4-guided-refine", "s8-scattering-learned", "s2-bilinear", "s8-matmul-refine",
+                                      "s4-boxmix5"])
 def test_onnx_export_parity_and_ops(tmp_path, genotype):
     g = {"s4-guided-refine": tiny(scale=4, refine=("sepconv_3x3", "conv_3x3")),
          "s8-matmul-refine": tiny(scale=8, refine=("mix_1x1", "boxmix_3x3")),
+         "s4-boxmix5": tiny(scale=4, refine=("boxmix_5x5",)),
          "s8-scattering-learned": tiny(scale=8, model="scattering", map_channels=3, upsample="learned"),
          "s2-bilinear": tiny(scale=2, upsample="bilinear", map_channels=3)}[genotype]
     net = make(g)
@@ -339,6 +386,11 @@ def test_onnx_export_parity_and_ops(tmp_path, genotype):
             assert attrs["mode"] == b"linear" and attrs["coordinate_transformation_mode"] == b"half_pixel"
         if node.op_type == "AveragePool":
             assert attrs.get("count_include_pad", 0) == 0  # partial windows average what they have
+    if genotype == "s4-boxmix5":
+        # one MatMul op: the taps and the residual are in its (constant-folded) weight, so the
+        # branch makes no full-resolution Mul or Add
+        refine_ops = {n.op_type for n in graph.node if "/refine/" in n.name}
+        assert {"AveragePool", "Concat", "MatMul"} <= refine_ops and not refine_ops & {"Mul", "Add"}, refine_ops
     # No full-resolution padding: the graph input goes straight into the downscale and the division.
     consumers = {n.op_type for n in graph.node if graph.input[0].name in n.input}
     assert "Gather" not in consumers, consumers

@@ -17,6 +17,7 @@ from hbl_edge.ops import (
     PARAMETER_FREE_OPS,
     SPACES,
     BoxMix,
+    BoxMix5,
     Conv,
     DenseBlock,
     HalfConv,
@@ -563,7 +564,47 @@ class TestMatMulOps:
         x = _x(1, 3, 1, 1)  # the 3×3 mean of a lone pixel is the pixel (and enters as 9 taps of it)
         torch.testing.assert_close(op(x), F.conv2d(x, (op.weight[:, :3] + 9 * op.weight[:, 3:])[:, :, None, None]))
 
-    @pytest.mark.parametrize("name", ["mix_1x1", "boxmix_3x3", "conv_3x3", "sepconv_3x3", "conv_3x3_half"])
+    def test_boxmix_5x5_is_a_three_level_5x5_conv(self):
+        op = _op("boxmix_5x5", c_in=2, c_out=3)
+        assert isinstance(op, BoxMix5) and op.weight.shape == (3, 6)
+        w0, w1, w2 = op.weight[:, :2], op.weight[:, 2:4], op.weight[:, 4:]
+        # as a 5×5 kernel: outer ring w2, inner 3×3 ring w1 + w2, centre w0 + w1 + w2 (weights per tap)
+        kernel = w2[:, :, None, None].expand(3, 2, 5, 5).clone()
+        kernel[:, :, 1:4, 1:4] += w1[:, :, None, None]
+        kernel[:, :, 2, 2] += w0
+        x = _x(1, 2, 9, 10)
+        torch.testing.assert_close(op(x)[..., 2:-2, 2:-2], F.conv2d(x, kernel))
+
+    @pytest.mark.parametrize("name", ["boxmix_3x3", "boxmix_5x5"])
+    def test_boxmix_starts_like_the_default_init_on_the_means(self, name):
+        # the taps scale how fast a mean's weight learns, not where the op starts: the effective
+        # weight on each window sum is the default init / taps, i.e. the default init on the mean
+        torch.manual_seed(3)
+        op = _op(name, c_in=3, c_out=3)
+        bound = 1 / (3 * len(op.taps)) ** 0.5  # kaiming uniform, a = √5: U(±1/√fan_in)
+        for k, t in enumerate(op.taps):
+            block = op.effective_weight()[:, 3 * k:3 * (k + 1)] / t
+            assert block.abs().max() <= bound
+
+    @pytest.mark.parametrize("name", ["mix_1x1", "boxmix_3x3", "boxmix_5x5"])
+    def test_residual_is_x_plus_the_op_in_one_matmul(self, name):
+        op = _op(name, c_in=3, c_out=3)
+        x = _x(2, 3, 6, 7)
+        torch.testing.assert_close(op.residual(x), x + op(x))
+        folded = op.fold_output_affine(torch.tensor([2.0, 0.5, 1.0]), torch.tensor([0.1, 0.0, -0.2]))
+        torch.testing.assert_close(folded.residual(x), x + folded(x))
+
+    def test_residual_needs_equal_channels(self):
+        with pytest.raises(GenotypeError, match="as many input as output channels"):
+            _op("boxmix_3x3", c_in=3, c_out=8).residual(_x(1, 3, 4, 4))
+
+    @pytest.mark.parametrize("name", ["mix_1x1", "boxmix_3x3", "boxmix_5x5"])
+    def test_state_is_only_weight_and_bias(self, name):
+        # the taps and the identity are constants of the forward pass, not saved state: bundles
+        # written before they existed load unchanged
+        assert set(_op(name, c_in=3, c_out=3).state_dict()) == {"weight"}
+
+    @pytest.mark.parametrize("name", ["mix_1x1", "boxmix_3x3", "boxmix_5x5", "conv_3x3", "sepconv_3x3", "conv_3x3_half"])
     def test_last_linear_weight_is_what_the_output_depends_on_last(self, name):
         op = _op(name, c_in=3, c_out=3)
         with torch.no_grad():
@@ -574,7 +615,7 @@ class TestMatMulOps:
         with pytest.raises(GenotypeError, match="no linear map"):
             last_linear_weight(Identity(3, 3))
 
-    @pytest.mark.parametrize("name", ["mix_1x1", "boxmix_3x3"])
+    @pytest.mark.parametrize("name", ["mix_1x1", "boxmix_3x3", "boxmix_5x5"])
     def test_not_in_the_search_spaces(self, name):
         # refinement-branch ops: the HNU spaces (and their latency tables) are unchanged
         assert all(name not in sp.hnu and name not in sp.fcm for sp in SPACES.values())

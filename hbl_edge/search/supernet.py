@@ -102,7 +102,8 @@ def decompose(op: nn.Module) -> Optional[Decomposition]:
     conv2(concat[x, y1]) = W2[:, :C] ⋆ x + W2[:, C:] ⋆ y1: the first term is a part, the
     second the nonlinear rest. The kernels are views of (or built from) the op's parameters,
     so gradients reach them. None for ops that do not split (anything else, biases, strides;
-    ``boxmix_3x3``, whose mean is clipped at the border, is no zero-padded convolution).
+    ``boxmix_3x3`` / ``boxmix_5x5``, whose means are clipped at the border, are no zero-padded
+    convolutions).
     """
     from ..ops import Conv, DenseBlock, Identity, PixelMix, ResConv, SepConv
 
