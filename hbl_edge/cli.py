@@ -594,7 +594,7 @@ def search(
     macro_scales: str = typer.Option("2,4,8", help="--macro edge: scales s the maps are estimated at"),
     macro_widths: str = typer.Option("8/16,16/32", help="--macro edge: C1/C2 widths of the inner network"),
     macro_units: str = typer.Option("1,3", help="--macro edge: HNU counts"),
-    macro_refine: Optional[str] = typer.Option(None, help="--macro edge: refinement branches (none, or ops joined by +); default none,boxmix_3x3"),
+    macro_refine: Optional[str] = typer.Option(None, help="--macro edge: refinement branches (none, or ops joined by +); default none,boxmix_3x3,boxmix_5x5"),
     macro_steps: int = typer.Option(0, help="--macro edge: short stage-A steps per candidate (0: steps-a / 4)"),
     macro_train_steps: Optional[int] = typer.Option(None, help="--macro edge: stage-T steps each candidate's derived network trains before the best validation PSNR wins (0: rank by the short search's loss; default 300, --quick 100)"),
     hnu_norm: str = typer.Option("edge", help="HNU edges: one BatchNorm per edge (edge, the reference's) or per candidate op (candidate, DARTS)"),

@@ -199,8 +199,8 @@ class SearchConfig:
 LEGACY_VALUES: dict[str, Any] = {"macro_train_steps": 0}  # before it, the short search's loss ranked
 #: Settings whose default is resolved by :meth:`SearchConfig.validate` and has changed between
 #: versions (the crops under ``--macro edge``; the refinement grid, conv_3x3 before 2026-12-02's
-#: fifth session, boxmix_3x3 since): not given on the command line, a resumed run takes the
-#: saved value.
+#: fifth session, boxmix_3x3 until 2026-12-03, boxmix_3x3 and boxmix_5x5 since): not given on the
+#: command line, a resumed run takes the saved value.
 VERSIONED_DEFAULTS = ("terms", "crop", "train_crop", "macro_refine")
 
 
