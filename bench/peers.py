@@ -17,6 +17,10 @@ Machine load (``hbl_edge.runtime.machine.machine_load``) is recorded before and 
 
     flock /tmp/hbl-timing.lock nice -n -10 python bench/peers.py --out bench/results/peers.json
     … --genotype edge-lol-s8 --genotype my/genotype.json --bundle runs/x   # our models beside them
+    … --onnx old=/tmp/a/model.onnx --onnx new=/tmp/b/model.onnx  # graphs exported elsewhere, as they are
+
+``--onnx`` times a graph exported elsewhere (another version of the package, say) unchanged
+beside the rest: an A/B of an export change with the peers as the yardstick.
 """
 
 from __future__ import annotations
@@ -66,6 +70,32 @@ def export_ours(spec: str, where: Path) -> tuple[Path, dict[str, Any]]:
         warnings.simplefilter("ignore")
         res = export_onnx(net, where, check=False)
     return res.onnx_path, {"kind": kind, "parameters": ours_params(net), "genotype": net.genotype.summary()}
+
+
+def onnx_file_info(path: Path) -> dict[str, Any]:
+    """What ``--onnx`` records of a graph exported elsewhere: its parameters (initializer elements), sha256, producer."""
+    import hashlib
+
+    import onnx
+
+    model = onnx.load(str(path))
+    n_params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    meta = {p.key: p.value for p in model.metadata_props}
+    return {"kind": "ONNX file", "parameters": n_params, "path": str(path),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "metadata": meta}
+
+
+def parse_onnx_specs(specs: list[str]) -> dict[str, Path]:
+    """``["old=/a/model.onnx", …]`` → {name: path}; a missing file or a spec without ``=`` is a one-line error."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--onnx takes NAME=PATH (e.g. old=/tmp/a/model.onnx), got {spec!r}")
+        if not Path(path).is_file():
+            raise SystemExit(f"--onnx {name}: no file {path}; export the model first (hbl-edge export)")
+        out[name] = Path(path)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,8 +181,10 @@ def time_baselines(names=DEFAULT_BASELINES, resolutions=DEFAULT_RESOLUTIONS, *, 
 
 
 def run(ours: list[str], *, resolutions=DEFAULT_RESOLUTIONS, threads: int = 2, warmup: int = 3, repeats: int = 15,
-        baselines=DEFAULT_BASELINES, labels: dict[str, str] | None = None, method: str = "deployed") -> dict[str, Any]:
-    """Export the peers and ``ours`` (genotypes or bundles), time them side by side, time the baselines."""
+        baselines=DEFAULT_BASELINES, labels: dict[str, str] | None = None, method: str = "deployed",
+        onnx_files: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Export the peers and ``ours`` (genotypes or bundles), time them side by side with ``onnx_files``
+    (graphs exported elsewhere, as they are), time the baselines."""
     import onnxruntime
 
     torch.set_num_threads(threads)
@@ -175,6 +207,8 @@ def run(ours: list[str], *, resolutions=DEFAULT_RESOLUTIONS, threads: int = 2, w
             label = labels.get(spec, spec)
             models[label], info[label] = export_ours(spec, Path(tmp) / f"ours{i}")
             info[label]["spec"] = spec
+        for label, path in (onnx_files or {}).items():
+            models[label], info[label] = path, onnx_file_info(path)
         if method == "deployed":
             latency = time_onnx_deployed(models, resolutions, threads=threads, warmup=warmup, repeats=repeats)
         else:
@@ -221,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--genotype", action="append", default=[], help="one of our genotypes (name or JSON), repeatable")
     ap.add_argument("--bundle", action="append", default=[], help="one of our trained bundles, repeatable")
+    ap.add_argument("--onnx", action="append", default=[], metavar="NAME=PATH",
+                    help="a graph exported elsewhere, timed as it is, repeatable")
     ap.add_argument("--resolutions", default="600x400,1280x720")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
@@ -234,8 +270,10 @@ def main(argv: list[str] | None = None) -> None:
     from hbl_edge.runio import parse_resolution, write_json
 
     resolutions = tuple(parse_resolution(r) for r in args.resolutions.split(","))
+    onnx_files = parse_onnx_specs(args.onnx)
     result = run(args.genotype + args.bundle, resolutions=resolutions, threads=args.threads, warmup=args.warmup,
-                 repeats=args.repeats, baselines=() if args.no_baselines else DEFAULT_BASELINES, method=args.method)
+                 repeats=args.repeats, baselines=() if args.no_baselines else DEFAULT_BASELINES, method=args.method,
+                 onnx_files=onnx_files)
     print(table(result))
     print(f"load before {result['load_before']['loadavg']}, after {result['load_after']['loadavg']}")
     if args.out:

@@ -85,3 +85,18 @@ def test_deployed_timing_is_the_searchs_method_per_model_and_resolution(tmp_path
     monkeypatch.undo()
     real = peers.time_onnx_deployed(paths, resolutions=((32, 24),), threads=1, warmup=1, repeats=3)
     assert all(real[n]["32x24"]["n"] == 6 for n in paths)  # 3 consecutive runs × 2 rounds
+
+
+def test_an_onnx_file_exported_elsewhere_is_timed_as_it_is(tmp_path):
+    """--onnx NAME=PATH: the file's own graph beside the peers (an A/B of export changes)."""
+    path, _ = peers.export_ours("edge-lol-s8", tmp_path / "ours")
+    files = peers.parse_onnx_specs([f"old={path}"])
+    assert files == {"old": path}
+    info = peers.onnx_file_info(path)
+    assert info["kind"] == "ONNX file" and info["parameters"] > 0 and len(info["sha256"]) == 64
+    res = peers.time_onnx(files, resolutions=((32, 24),), threads=1, warmup=1, repeats=2)
+    assert res["old"]["32x24"]["n"] == 2
+    with pytest.raises(SystemExit, match="NAME=PATH"):
+        peers.parse_onnx_specs([str(path)])
+    with pytest.raises(SystemExit, match="no file"):
+        peers.parse_onnx_specs([f"old={tmp_path / 'missing.onnx'}"])
