@@ -46,10 +46,10 @@ DEFAULT_WIDTHS = ((8, 16), (16, 32))
 DEFAULT_UNITS = (1, 3)
 #: Refinement off, one boxmix_3x3 (a 3×3 "centre + local mean" filter mixed across channels, one
 #: MatMul) or one boxmix_5x5 (centre, 3×3 and 5×5 means). boxmix_3x3 scored 18.22 / .692 on LOL
-#: where one conv_3x3 scored 17.49 / .686 (s8 16/32×1, 2000 steps, 1 seed each) at a third of
+#: where one conv_3x3 scored 17.49 / .686 (s8 16/32×1, 2000 steps, 1 seed each) at under half
 #: its full-resolution cost; boxmix_5x5 on the searched s4 16/32×1 net scored 18.66 / .704 against
 #: boxmix_3x3's 18.23 / .664 (2000 steps, seed 0) for +0.6 ms at 600×400 (bench/results/
-#: refine_ops.json); both stay in the grid so the budget decides; docs/benchmarks.md.
+#: refine_ops_s4.json); both stay in the grid so the budget decides; docs/benchmarks.md.
 DEFAULT_REFINE = ((), ("boxmix_3x3",), ("boxmix_5x5",))
 #: Map channels per task (L: 1 for low light; t: 1 for haze, per channel for underwater).
 MAP_CHANNELS = {"lowlight": 1, "dehaze": 1, "underwater": 3}
