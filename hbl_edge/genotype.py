@@ -383,6 +383,11 @@ NAMED_GENOTYPES.update({
     "edge-haze-s4": edge_genotype(scale=4, model="scattering", map_channels=1, channels=(8, 16), units=2),
     # underwater: t per channel and the background light B at 1/4
     "edge-uw-s4": edge_genotype(scale=4, model="scattering", map_channels=3, channels=(8, 16), units=2),
+    # the same with one boxmix_5x5 refinement: all 55 underwater pairs 19.45 ± 0.21 / .795 after
+    # 2000 steps, 3 seeds (PhysicalNN 19.39 / .793), 7.5 ms at 600×400 beside PhysicalNN's 21.3
+    # (docs/benchmarks.md, bench/results/edge_underwater_boxmix5_2000_seeds.json)
+    "edge-uw-s4-box5": edge_genotype(scale=4, model="scattering", map_channels=3, channels=(8, 16), units=2,
+                                     refine=("boxmix_5x5",)),
 })
 
 GenotypeLike = Union[Genotype, str, Path]

@@ -517,13 +517,15 @@ class TestGenotypeV2:
         assert "[" not in text  # rich would read brackets as markup
         assert NAMED_GENOTYPES["edge-uw-s4"].summary().startswith("edge s4 scattering t3 guided(r1) refine:none 8/16×2")
 
-    @pytest.mark.parametrize("name", ["edge-lol-s8", "edge-lol-s4", "edge-lol-s4-paper", "edge-haze-s4", "edge-uw-s4"])
+    @pytest.mark.parametrize("name", ["edge-lol-s8", "edge-lol-s4", "edge-lol-s4-paper", "edge-haze-s4", "edge-uw-s4",
+                                      "edge-uw-s4-box5"])
     def test_named_edge_genotypes(self, name):
         g = NAMED_GENOTYPES[name]
         assert g.format == FORMAT_V2 and g.macro.upsample == "guided"
         assert g.macro.model == ("retinex" if "lol" in name else "scattering")
-        assert g.macro.map_channels == (3 if name == "edge-uw-s4" else 1)
+        assert g.macro.map_channels == (3 if name.startswith("edge-uw-s4") else 1)
         assert g.macro.scale == (8 if name.endswith("s8") else 4)
+        assert g.macro.refine == (("boxmix_5x5",) if name.endswith("box5") else ())
 
     def test_edge_genotype_helper(self):
         g = edge_genotype(scale=2, model="scattering", channels=(4, 8), units=3, refine=("conv_1x1",))
