@@ -74,15 +74,15 @@ def export_ours(spec: str, where: Path) -> tuple[Path, dict[str, Any]]:
 
 def onnx_file_info(path: Path) -> dict[str, Any]:
     """What ``--onnx`` records of a graph exported elsewhere: its parameters (initializer elements), sha256, producer."""
-    import hashlib
-
     import onnx
+
+    from hbl_edge.export.cache import file_sha256
 
     model = onnx.load(str(path))
     n_params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     meta = {p.key: p.value for p in model.metadata_props}
     return {"kind": "ONNX file", "parameters": n_params, "path": str(path),
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "metadata": meta}
+            "sha256": file_sha256(path), "metadata": meta}
 
 
 def parse_onnx_specs(specs: list[str]) -> dict[str, Path]:

@@ -6,8 +6,7 @@ Mechanism: a small outer sweep, the op search inside.
   its inner network sees (s), so they cannot share one supernet's weights as op choices do;
   mixing them would mean a supernet per combination anyway. The grid is small (by default
   s ∈ {2, 4, 8} × widths {8/16, 16/32} × units {1, 3} × refinement off / boxmix_3x3 /
-  boxmix_5x5), so an
-  outer sweep is affordable and its every point is measured, not estimated.
+  boxmix_5x5), so an outer sweep is affordable and its every point is measured, not estimated.
 - The latency model prunes first: a candidate whose fastest network (the model's cheapest op
   on every edge, refinement off) is over the budget is dropped without training.
 - Each remaining candidate gets a short stage A (``macro_steps`` bilevel steps of the
@@ -47,9 +46,11 @@ DEFAULT_UNITS = (1, 3)
 #: Refinement off, one boxmix_3x3 (a 3×3 "centre + local mean" filter mixed across channels, one
 #: MatMul) or one boxmix_5x5 (centre, 3×3 and 5×5 means). boxmix_3x3 scored 18.22 / .692 on LOL
 #: where one conv_3x3 scored 17.49 / .686 (s8 16/32×1, 2000 steps, 1 seed each) at under half
-#: its full-resolution cost; boxmix_5x5 on the searched s4 16/32×1 net scored 18.66 / .704 against
-#: boxmix_3x3's 18.23 / .664 (2000 steps, seed 0) for +0.6 ms at 600×400 (bench/results/
-#: refine_ops_s4.json); both stay in the grid so the budget decides; docs/benchmarks.md.
+#: its full-resolution cost. boxmix_5x5 costs +0.6 ms over it at s = 4, 600×400 (bench/results/
+#: refine_ops_s4.json), and raised the SSIM of every 300-step proxy in the sweep at Zero-DCE++'s
+#: 5.8 ms by .02–.08 over boxmix_3x3 at the same macro; that search chose it, 18.39 ± 0.11 / .708
+#: over 3 seeds (bench/results/search_lowlight_zerodce_b5.json). Both stay in the grid so the
+#: budget decides; docs/benchmarks.md.
 DEFAULT_REFINE = ((), ("boxmix_3x3",), ("boxmix_5x5",))
 #: Map channels per task (L: 1 for low light; t: 1 for haze, per channel for underwater).
 MAP_CHANNELS = {"lowlight": 1, "dehaze": 1, "underwater": 3}
