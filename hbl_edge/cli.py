@@ -597,6 +597,7 @@ def search(
     macro_refine: Optional[str] = typer.Option(None, help="--macro edge: refinement branches (none, or ops joined by +); default none,boxmix_3x3,boxmix_5x5"),
     macro_steps: int = typer.Option(0, help="--macro edge: short stage-A steps per candidate (0: steps-a / 4)"),
     macro_train_steps: Optional[int] = typer.Option(None, help="--macro edge: stage-T steps each candidate's derived network trains before the best validation PSNR wins (0: rank by the short search's loss; default 300, --quick 100)"),
+    macro_proxy_seeds: Optional[int] = typer.Option(None, help="--macro edge: seeds each candidate's network trains with (each its own validation carve-out); the mean PSNR ranks (default 3, --quick 1)"),
     hnu_norm: str = typer.Option("edge", help="HNU edges: one BatchNorm per edge (edge, the reference's) or per candidate op (candidate, DARTS)"),
     objective: str = typer.Option("critic", help="stage-L upper objective: critic | fidelity"),
     terms: Optional[str] = typer.Option(None, help="loss terms stage L weighs, e.g. l1,l2,color (default: l1,l2,color,ssim,tv,laplacian; under --macro edge l1,l2,color)"),
@@ -660,6 +661,8 @@ def search(
             setattr(cfg, k, v)
     if macro_train_steps is not None:
         cfg.macro_train_steps = macro_train_steps
+    if macro_proxy_seeds is not None:
+        cfg.macro_proxy_seeds = macro_proxy_seeds
     if len(budgets) > 1:
         from .search.pareto import run_pareto
 

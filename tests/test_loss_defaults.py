@@ -150,8 +150,9 @@ def test_quick_trains_edge_networks_on_whole_frame_sized_crops():
 
     paper, edge = quick_overrides(), quick_overrides("edge")
     assert (paper["train_crop"], paper["steps_t"]) == (64, 300)
-    assert (edge["train_crop"], edge["steps_t"], edge["train_lr"], edge["macro_train_steps"]) == (256, 600, 1e-3, 100)
-    edge_only = ("train_crop", "steps_t", "train_lr", "macro_train_steps")
+    assert (edge["train_crop"], edge["steps_t"], edge["train_lr"], edge["macro_train_steps"],
+            edge["macro_proxy_seeds"]) == (256, 600, 1e-3, 100, 1)
+    edge_only = ("train_crop", "steps_t", "train_lr", "macro_train_steps", "macro_proxy_seeds")
     assert {k: v for k, v in edge.items() if k not in edge_only} == {k: v for k, v in paper.items() if k not in edge_only}
 
 
@@ -171,3 +172,5 @@ def test_edge_search_crops_default_by_macro_and_stay_when_given():
 
     with pytest.raises(ConfigError, match="--macro-train-steps"):
         SearchConfig(macro="edge", latency_budget=10.0, macro_train_steps=-1).validate()
+    with pytest.raises(ConfigError, match="--macro-proxy-seeds must be ≥ 1, got 0"):
+        SearchConfig(macro="edge", latency_budget=10.0, macro_proxy_seeds=0).validate()

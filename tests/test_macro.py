@@ -85,7 +85,7 @@ def test_full_resolution_parts_are_measured_as_deployed():
     assert row["ms"] == pytest.approx(row["shell_ms"] - row["empty_ms"]) and row["shell_ms"] > 0 and row["empty_ms"] > 0
 
 
-def _tiny_macro_config(tmp_path, train_steps):
+def _tiny_macro_config(tmp_path, train_steps, proxy_seeds=1):
     """--macro edge on tiny shapes; the profiled tables are replaced by made-up ones in the run's cache
     (s = 2 made too slow for the budget)."""
     from hbl_edge.runio import write_json
@@ -110,17 +110,19 @@ def _tiny_macro_config(tmp_path, train_steps):
     cfg = SearchConfig(out=str(out), stages="A", space="edge", units=1, crop=32, batch_size=2, steps_a=3,
                        w_lr=0.02, upper_lr=0.05, device="cpu", latency_budget=1000.0, resolution=res,
                        deterministic=True, macro="edge", macro_scales=(2, 4), macro_widths=((4, 8),), macro_units=(1,),
-                       macro_refine=((),), macro_steps=2, macro_train_steps=train_steps, latency_threads=1)
+                       macro_refine=((),), macro_steps=2, macro_train_steps=train_steps, latency_threads=1,
+                       macro_proxy_seeds=proxy_seeds)
     return cfg, out
 
 
-@pytest.mark.parametrize("train_steps", [0, 3])
-def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path, train_steps):
+@pytest.mark.parametrize("train_steps,proxy_seeds", [(0, 1), (3, 1), (3, 2)])
+def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path, train_steps, proxy_seeds):
     """--macro edge on tiny shapes; the profiled tables are replaced by made-up ones in the run's cache.
-    train_steps 0 ranks by the short search's loss; 3: each candidate's network is trained and scored."""
+    train_steps 0 ranks by the short search's loss; 3: each candidate's network is trained and scored
+    (with 2 proxy seeds: twice, each seed its own carve-out, and the mean ranks)."""
     from hbl_edge.search.driver import run_search
 
-    cfg, out = _tiny_macro_config(tmp_path, train_steps)
+    cfg, out = _tiny_macro_config(tmp_path, train_steps, proxy_seeds)
     run_search(cfg)
     sweep = json.loads((out / "search/macro.json").read_text())
     rows = {r["name"]: r for r in sweep["candidates"]}
@@ -129,9 +131,18 @@ def test_macro_search_sweeps_prunes_and_derives_an_edge_network(tmp_path, train_
     assert s4["feasible"] is True and s4["steps"] == 2
     if train_steps:  # the candidate's network was trained and scored on whole validation frames
         bundle = json.loads((Path(s4["proxy_run"]) / "model.json").read_text())
-        assert s4["proxy_steps"] == 3 and bundle["provenance"]["steps"] == 3
-        assert s4["proxy_val_psnr"] == pytest.approx(bundle["metrics"]["val_psnr"]) and 0 < s4["proxy_val_psnr"] < 100
+        assert s4["proxy_steps"] == 3 and bundle["provenance"]["steps"] == 3 and 0 < s4["proxy_val_psnr"] < 100
         assert "trained 3 steps" in sweep["rule"] and "proxy_val_psnr" not in rows["s2 4/8x1 refine:none"]
+        assert sweep["proxy_seeds"] == proxy_seeds
+        if proxy_seeds > 1:
+            second = json.loads((Path(s4["proxy_runs"][1]) / "model.json").read_text())
+            assert s4["proxy_seeds"] == [cfg.seed, cfg.seed + 1] and second["provenance"]["config"]["seed"] == cfg.seed + 1
+            psnrs = [bundle["metrics"]["val_psnr"], second["metrics"]["val_psnr"]]
+            assert s4["proxy_val_psnr_seeds"] == pytest.approx(psnrs)
+            assert s4["proxy_val_psnr"] == pytest.approx(sum(psnrs) / 2) and "mean over 2 seeds" in sweep["rule"]
+        else:
+            assert s4["proxy_val_psnr"] == pytest.approx(bundle["metrics"]["val_psnr"])
+            assert "proxy_runs" not in s4 and "mean over" not in sweep["rule"]
     else:
         assert "proxy_val_psnr" not in s4 and "λ* loss" in sweep["rule"]
     assert sweep["chosen"] == Candidate(4, (4, 8), 1, ()).to_dict()

@@ -80,6 +80,10 @@ class SearchConfig:
     # then each candidate's derived network trains this many stage-T steps and the best validation
     # PSNR wins (hbl_edge.search.driver._proxy_train); 0 = rank by the short search's λ* loss
     macro_train_steps: int = 300
+    # ... once per seed (seed, seed + 1, …; each its own batches and validation carve-out), and the
+    # mean PSNR ranks: one seed's ranking agrees with another's only at Spearman ρ 0.44–0.64, and
+    # a longer proxy does not help (600 steps: 0.15–0.62); bench/results/proxy_seeds_underwater.json
+    macro_proxy_seeds: int = 3
     # bilevel optimisation (DESIGN §5)
     order: str = "second"
     lower_step: str = "simultaneous"  # reuses the virtual step's gradient (docs/search.md) | alternating (DARTS)
@@ -161,6 +165,8 @@ class SearchConfig:
             if self.macro_train_steps < 0:
                 raise ConfigError(f"--macro-train-steps must be ≥ 0 (0: rank candidates by the short search's loss), "
                                   f"got {self.macro_train_steps}")
+            if self.macro_proxy_seeds < 1:
+                raise ConfigError(f"--macro-proxy-seeds must be ≥ 1, got {self.macro_proxy_seeds}")
         if self.macro_refine is None:
             from .macro import DEFAULT_REFINE
 
@@ -196,7 +202,10 @@ class SearchConfig:
 
 #: Settings added after search runs were first saved, with the value that reproduces a run whose
 #: config.json predates them: ``--resume`` of such a run continues as the version that wrote it.
-LEGACY_VALUES: dict[str, Any] = {"macro_train_steps": 0}  # before it, the short search's loss ranked
+LEGACY_VALUES: dict[str, Any] = {
+    "macro_train_steps": 0,  # before it, the short search's loss ranked
+    "macro_proxy_seeds": 1,  # before it, one seed's proxy ranked
+}
 #: Settings whose default is resolved by :meth:`SearchConfig.validate` and has changed between
 #: versions (the crops under ``--macro edge``; the refinement grid, conv_3x3 before 2026-12-02's
 #: fifth session, boxmix_3x3 until 2026-12-03, boxmix_3x3 and boxmix_5x5 since): not given on the
@@ -234,5 +243,5 @@ def quick_overrides(macro: str | None = None) -> dict:
         w_lr=0.02, upper_lr=3e-2, train_crop=64, train_lr=2e-3, ckpt_every=10,
     )
     if macro == "edge":
-        out.update(steps_t=600, train_crop=256, train_lr=1e-3, macro_train_steps=100)
+        out.update(steps_t=600, train_crop=256, train_lr=1e-3, macro_train_steps=100, macro_proxy_seeds=1)
     return out

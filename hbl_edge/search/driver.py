@@ -20,8 +20,10 @@ run ``--stages A,T`` or ``--stages T`` on the same directory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -533,16 +535,18 @@ def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, di
         raise ConfigError(f"no macro candidate can meet the {budget:g} ms budget (see {path})")
     if cfg.macro_train_steps:
         win = max(feasible, key=lambda c: rows[c]["proxy_val_psnr"])
+        over = (f", mean over {cfg.macro_proxy_seeds} seeds (each its own initialisation, batches and validation "
+                f"carve-out)" if cfg.macro_proxy_seeds > 1 else "")
         rule = (f"highest validation PSNR (whole frames) of the candidate's derived network, repaired to the budget by "
-                f"the model and trained {cfg.macro_train_steps} steps as stage T trains, among candidates whose fastest "
-                f"network is predicted within the budget")
+                f"the model and trained {cfg.macro_train_steps} steps as stage T trains{over}, among candidates whose "
+                f"fastest network is predicted within the budget")
     else:
         win = min(feasible, key=lambda c: rows[c]["score"])
         rule = ("lowest λ* loss on 4 validation batches after the short search, among candidates "
                 "whose fastest network is predicted within the budget")
     if dist.is_main:
         write_json(path, {"budget_ms": budget, "steps": steps, "train_steps": cfg.macro_train_steps,
-                          "candidates": list(rows.values()), "chosen": win.to_dict(), "chosen_name": win.name,
+                          "proxy_seeds": cfg.macro_proxy_seeds, "candidates": list(rows.values()), "chosen": win.to_dict(), "chosen_name": win.name,
                           "rule": rule})
     return win
 
@@ -553,9 +557,13 @@ def _proxy_train(cfg: SearchConfig, out: Path, cand, genotype, dist: DistContext
     Why: after the short supernet search every candidate's λ* loss sits within 0.1–0.3 % of the
     others' (a choice by noise, docs/search.md), while a fixed derived network trains hundreds
     of steps a minute here. The score is the validation PSNR on whole frames after the exposure
-    calibration stage T applies, i.e. what the candidate would be worth deployed. The run is kept
-    in ``RUN/search/macro/<candidate>/`` (a bundle: inspect or evaluate it); a half-done one from an
-    interrupted sweep is started again (it is short).
+    calibration stage T applies, i.e. what the candidate would be worth deployed, averaged over
+    ``macro_proxy_seeds`` trainings with seeds ``seed, seed + 1, …``: each seed draws its own
+    initialisation, batches and validation carve-out, so the mean is a small cross-validation
+    (one seed's ranking is mostly its carve-out's: docs/search.md, bench/proxy_seeds.py). The runs
+    are kept in ``RUN/search/macro/<candidate>/model`` (the first seed) and ``model_seed<N>`` (a
+    bundle each: inspect or evaluate them); a half-done candidate from an interrupted sweep is
+    started again (it is short).
     """
     import re
     import shutil
@@ -569,15 +577,26 @@ def _proxy_train(cfg: SearchConfig, out: Path, cand, genotype, dist: DistContext
         genotype.save(d / "genotype.json")
 
     dist.on_main(prepare)  # every rank waits for rank 0's files
-    tcfg = _train_config(cfg, out, d / "genotype.json", d / "model", cfg.macro_train_steps, val_crop=None)
+    seeds = [cfg.seed + k for k in range(cfg.macro_proxy_seeds)]
     t0 = time.perf_counter()
-    res = TrainSession(tcfg, provenance={"search_run": str(out), "macro_candidate": cand.name}, dist=dist).run()
-    if res.interrupted:
-        raise Interrupted
-    m = dist.on_main(lambda: res.metrics)
-    return {"proxy_val_psnr": m["val_psnr"], "proxy_val_ssim": m["val_ssim"], "proxy_steps": cfg.macro_train_steps,
-            "proxy_seconds": time.perf_counter() - t0, "proxy_genotype": genotype.summary(),
-            "proxy_run": str(d / "model")}
+    runs, scores = [], []
+    for seed in seeds:
+        run = d / ("model" if seed == cfg.seed else f"model_seed{seed}")
+        tcfg = _train_config(dataclasses.replace(cfg, seed=seed), out, d / "genotype.json", run,
+                             cfg.macro_train_steps, val_crop=None)
+        res = TrainSession(tcfg, provenance={"search_run": str(out), "macro_candidate": cand.name},
+                           dist=dist).run()
+        if res.interrupted:
+            raise Interrupted
+        m = dist.on_main(lambda res=res: res.metrics)
+        runs.append(str(run))
+        scores.append((m["val_psnr"], m["val_ssim"]))
+    row = {"proxy_val_psnr": statistics.fmean(p for p, _ in scores),
+           "proxy_val_ssim": statistics.fmean(q for _, q in scores), "proxy_steps": cfg.macro_train_steps,
+           "proxy_seconds": time.perf_counter() - t0, "proxy_genotype": genotype.summary(), "proxy_run": runs[0]}
+    if len(seeds) > 1:
+        row.update(proxy_seeds=seeds, proxy_val_psnr_seeds=[p for p, _ in scores], proxy_runs=runs)
+    return row
 
 
 def _read_loss_spec(out: Path):
