@@ -11,12 +11,12 @@ Mechanism: a small outer sweep, the op search inside.
   on every edge, refinement off) is over the budget is dropped without training.
 - Each remaining candidate gets a short stage A (``macro_steps`` bilevel steps of the
   :class:`EdgeSupernet` with λ* and the latency term); its derived network, repaired to the
-  budget by the model when over, then trains ``macro_train_steps`` steps as stage T does and
-  is scored by its validation PSNR on whole frames (``driver._proxy_train``): the highest
-  wins. (With ``macro_train_steps = 0`` the lowest λ* loss of the short search wins, but those
-  losses lie within 0.1–0.3 % of each other: a choice by noise, docs/search.md.) The full
-  stage A then searches the winner's ops (and the repair keeps the promise,
-  :mod:`hbl_edge.search.repair`).
+  budget by the model when over, then trains ``macro_train_steps`` steps as stage T does, once
+  per seed (``macro_proxy_seeds``, each seed its own validation carve-out), and is scored by its
+  mean validation PSNR on whole frames (``driver._proxy_train``): the highest wins. (With
+  ``macro_train_steps = 0`` the lowest λ* loss of the short search wins, but those losses lie
+  within 0.1–0.3 % of each other: a choice by noise, docs/search.md.) The full stage A then
+  searches the winner's ops (and the repair keeps the promise, :mod:`hbl_edge.search.repair`).
 
 The sweep is written to ``RUN/search/macro.json`` so a resumed run does not repeat it.
 """
