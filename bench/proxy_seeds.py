@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -41,22 +40,18 @@ from macro_proxy import spearman  # noqa: E402
 from result_paths import rel  # noqa: E402
 
 
-def candidate_dir(run: Path, name: str) -> Path:
-    """Where ``driver._proxy_train`` kept a candidate's genotype (its name made path-safe)."""
-    return run / "search" / "macro" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 def proxy_score(run: Path, name: str, steps: int, seed: int, work: Path, threads: int | None) -> dict:
     """Validation PSNR/SSIM of one candidate's genotype trained ``steps`` steps with ``seed``."""
     from hbl_edge.search.config import SearchConfig
-    from hbl_edge.search.driver import _train_config
+    from hbl_edge.search.driver import _train_config, macro_candidate_dir
     from hbl_edge.train import train
 
-    bundle = work / re.sub(r"[^A-Za-z0-9_.-]+", "_", name) / f"t{steps}_s{seed}"
+    home = macro_candidate_dir(run, name)
+    bundle = work / home.name / f"t{steps}_s{seed}"
     if not (bundle / "model.json").exists():
         cfg = SearchConfig.from_dict(json.loads((run / "config.json").read_text()))
         cfg = dataclasses.replace(cfg, seed=seed)
-        tcfg = _train_config(cfg, run, candidate_dir(run, name) / "genotype.json", bundle, steps, val_crop=None)
+        tcfg = _train_config(cfg, run, home / "genotype.json", bundle, steps, val_crop=None)
         train(dataclasses.replace(tcfg, threads=threads))
     m = json.loads((bundle / "model.json").read_text())["metrics"]
     return {"val_psnr": m["val_psnr"], "val_ssim": m["val_ssim"], "train_s": m.get("train_seconds_this_session"),

@@ -546,9 +546,16 @@ def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, di
                 "whose fastest network is predicted within the budget")
     if dist.is_main:
         write_json(path, {"budget_ms": budget, "steps": steps, "train_steps": cfg.macro_train_steps,
-                          "proxy_seeds": cfg.macro_proxy_seeds, "candidates": list(rows.values()), "chosen": win.to_dict(), "chosen_name": win.name,
-                          "rule": rule})
+                          "proxy_seeds": cfg.macro_proxy_seeds, "candidates": list(rows.values()),
+                          "chosen": win.to_dict(), "chosen_name": win.name, "rule": rule})
     return win
+
+
+def macro_candidate_dir(out: Path, name: str) -> Path:
+    """Where the sweep keeps a candidate's genotype and proxy runs (its name made path-safe)."""
+    import re
+
+    return out / "search" / "macro" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def _proxy_train(cfg: SearchConfig, out: Path, cand, genotype, dist: DistContext) -> dict[str, Any]:
@@ -565,10 +572,9 @@ def _proxy_train(cfg: SearchConfig, out: Path, cand, genotype, dist: DistContext
     bundle each: inspect or evaluate them); a half-done candidate from an interrupted sweep is
     started again (it is short).
     """
-    import re
     import shutil
 
-    d = out / "search" / "macro" / re.sub(r"[^A-Za-z0-9_.-]+", "_", cand.name)
+    d = macro_candidate_dir(out, cand.name)
 
     def prepare() -> None:
         if d.exists():
