@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,11 +33,10 @@ from typing import Any, Callable
 import torch
 
 from ..data import TrainSampler, has_test_split, open_dataset
-from ..distributed import DistContext, init_from_env, resumable_record
+from ..distributed import DistContext, init_from_env, record_processes, resumable_record
 from ..errors import ConfigError, HblError
 from ..genotype import load_genotype
 from ..losses import LossSpec, build_loss, parse_loss_spec
-from ..distributed import record_processes
 from ..runio import append_jsonl, atomic_path, check_same_config, read_jsonl, seed_everything, versions, write_json
 from ..train import TrainConfig, TrainSession, _StopFlag
 from .config import VERSIONED_DEFAULTS, SearchConfig, saved_settings_to_adopt
@@ -553,8 +553,6 @@ def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, di
 
 def macro_candidate_dir(out: Path, name: str) -> Path:
     """Where the sweep keeps a candidate's genotype and proxy runs (its name made path-safe)."""
-    import re
-
     return out / "search" / "macro" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
