@@ -602,12 +602,14 @@ def search(
     objective: str = typer.Option("critic", help="stage-L upper objective: critic | fidelity"),
     terms: Optional[str] = typer.Option(None, help="loss terms stage L weighs, e.g. l1,l2,color (default: l1,l2,color,ssim,tv,laplacian; under --macro edge l1,l2,color)"),
     lambda_lr: Optional[float] = typer.Option(None, help="Adam learning rate of the loss weights in stage L (default: the upper learning rate)"),
+    arch_lr: Optional[float] = typer.Option(None, help="Adam learning rate of the architecture logits α in stage A and the macro sweep (default: the upper learning rate, 5e-4)"),
     critic: Optional[Path] = typer.Option(None, help="a quality critic (safetensors) instead of training one"),
     order: str = typer.Option("second", help="hypergradient: second | first | exact"),
     lower_step: str = typer.Option("simultaneous", help="lower step: simultaneous (reuses the second-order virtual step's gradient: one pass in five fewer) | alternating (after the upper step, as DARTS and the reference code)"),
     stages: str = typer.Option("L,A,T", help="stages to run, e.g. L,A or T"),
     steps_l: int = typer.Option(200, help="stage L steps"),
     steps_a: int = typer.Option(400, help="stage A steps"),
+    arch_warmup: float = typer.Option(0.0, help="fraction of stage A's steps (and of each macro candidate's short search) that train the weights alone, α frozen, before α moves"),
     steps_t: int = typer.Option(2000, help="stage T (final training) steps"),
     crop: Optional[int] = typer.Option(None, help="crop size of the search's batches (stages L, A; an edge network at scale s sees crop/s); default 64, under --macro edge 128"),
     train_crop: Optional[int] = typer.Option(None, help="crop size of stage T's batches; default 128, under --macro edge 256"),
@@ -638,11 +640,11 @@ def search(
         resolution=parse_resolution(resolution, minimum=4), latency_form=latency_form, latency_beta=latency_beta,
         latency_threads=latency_threads, latency_spinning=latency_spinning,
         latency_mu=latency_mu, order=order,
-        objective=objective, critic=str(critic) if critic else None, steps_l=steps_l, steps_a=steps_a,
+        objective=objective, critic=str(critic) if critic else None, steps_l=steps_l, steps_a=steps_a, arch_warmup=arch_warmup,
         steps_t=steps_t, crop=crop, train_crop=train_crop, seed=seed, deterministic=deterministic, quick=quick,
         threads=threads,
         vgg_weights=str(vgg_weights) if vgg_weights else None, lpips_weights=str(lpips_weights) if lpips_weights else None,
-        lpips_net=lpips_net, hnu_norm=hnu_norm, lower_step=lower_step, lambda_lr=lambda_lr,
+        lpips_net=lpips_net, hnu_norm=hnu_norm, lower_step=lower_step, lambda_lr=lambda_lr, arch_lr=arch_lr,
         terms=tuple(t.strip() for t in terms.split(",") if t.strip()) if terms is not None else None,
     )
     if macro is not None:
@@ -704,7 +706,8 @@ def run_search_with_progress(cfg, resume: bool = False):
                 status = f"upper {rec['upper_loss']:.4f} λ {lam}"
             elif stage == "A":
                 lat = f" E[lat] {rec['expected_latency_ms']:.1f} ms" if "expected_latency_ms" in rec else ""
-                status = f"upper {rec['upper_loss']:.4f}{lat} | {rec['genotype'][:60]}"
+                up = "warm-up (α frozen)" if rec.get("upper_loss") is None else f"upper {rec['upper_loss']:.4f}"
+                status = f"{up}{lat} | {rec['genotype'][:60]}"
             else:
                 status = f"loss {rec['loss']:.4f}" + (f" val {rec['val_psnr']:.2f} dB" if "val_psnr" in rec else "")
             prog.update(bars[stage], completed=step, status=status)

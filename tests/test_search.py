@@ -274,3 +274,35 @@ def test_a_run_saved_by_an_older_version_resumes_with_its_saved_settings(tmp_pat
     assert "macro_train_steps = 0" in caplog.text and "train_crop = 48" in caplog.text
     with pytest.raises(ConfigError, match=r"different settings.*train_crop"):
         run_search(tiny(tmp_path, name="old", stages="L", train_crop=64), resume=True)
+
+
+def test_stage_a_warmup_and_arch_lr_are_wired(tmp_path):
+    """``arch_warmup``: stage A's first steps leave α where it starts (the log says which steps);
+    ``arch_lr``: α's own learning rate, and the upper learning rate when it equals it."""
+    import torch
+
+    def stage_a(name, **kw):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "loss.json").write_text(json.dumps({"format": "hbl-loss/1", "terms": {"l1": 1.0}}))
+        assert run_search(tiny(tmp_path, name=name, stages="A", **kw)).completed == ["A"]
+        records = [json.loads(x) for x in (out / "search/log.jsonl").read_text().splitlines()]
+        return torch.load(out / "search/alpha.pt")["alpha"], records
+
+    base, _ = stage_a("base")
+    same, _ = stage_a("same", arch_lr=0.05)  # tiny()'s upper_lr
+    other, _ = stage_a("other", arch_lr=0.5)
+    warm, records = stage_a("warm", arch_warmup=0.67)  # 2 of 3 steps
+    assert all(torch.equal(a, b) for a, b in zip(base, same))
+    assert max((a - b).abs().max().item() for a, b in zip(base, other)) > 1e-4
+    assert [r["upper_frozen"] for r in records] == [True, True, False]
+    assert [r["upper_loss"] is None for r in records] == [True, True, False]
+    # from the same initialisation, the warmed run took one Adam step of α (each logit moves by at
+    # most the learning rate), the unwarmed run three
+    from hbl_edge.search.supernet import Supernet
+
+    cfg = tiny(tmp_path)
+    cfg.validate()
+    init = [a.detach() for a in Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed + 1).arch_parameters()]
+    assert max((a - b).abs().max().item() for a, b in zip(warm, init)) <= 0.05 * 1.001
+    assert max((a - b).abs().max().item() for a, b in zip(base, init)) > 0.06

@@ -103,3 +103,36 @@ def test_unknown_lower_step():
     state, criterion, cfg = _state()
     with pytest.raises(ValueError, match="lower_step must be one of alternating, simultaneous"):
         _step(state, criterion, cfg, "gauss-seidel")
+
+
+def test_a_frozen_upper_step_trains_the_weights_alone():
+    """The warm-up step (``upper_frozen``): α stays exactly where it was, and the weights take the
+    plain SGD step of ∇_w L_tr at that α (the same as the alternating step with α unmoved)."""
+    state, criterion, cfg = _state()
+    ref = copy.deepcopy(state)
+    alpha_before = [u.detach().clone() for u in state.upper_vars]
+    lo, up = _batches()
+    rec = bilevel_step(state, order="second", lower_batch=lo, upper_batch=up, lower_loss=criterion,
+                       upper_objective=lambda p, t: criterion(p, t)[0], clip=1e9, upper_frozen=True)
+    for u, a in zip(state.upper_vars, alpha_before):
+        assert torch.equal(u.detach(), a)
+    params = ref.supernet.weight_parameters()
+    grads = torch.autograd.grad(criterion(ref.supernet(lo[0]), lo[1])[0], params)
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.add_(g, alpha=-cfg.w_lr)
+    for (k, a), b in zip(state.supernet.state_dict().items(), ref.supernet.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13, msg=k)
+    moved = max(float((p - q).detach().abs().max()) for p, q in zip(state.supernet.weight_parameters(),
+                                                          copy.deepcopy(_state()[0]).supernet.weight_parameters()))
+    assert moved > 1e-6  # not vacuous: the weights did move
+    assert rec["upper_frozen"] is True and rec["upper_loss"] is None and rec["hypergrad_norm"] == 0.0
+
+
+def test_stage_a_warmup_steps_from_the_fraction():
+    from hbl_edge.errors import ConfigError
+
+    cfg = SearchConfig(arch_warmup=0.25)
+    assert cfg.warmup_steps(400) == 100 and cfg.warmup_steps(100) == 25 and SearchConfig().warmup_steps(400) == 0
+    with pytest.raises(ConfigError, match="--arch-warmup is a fraction"):
+        SearchConfig(arch_warmup=1.0).validate()

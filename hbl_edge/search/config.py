@@ -93,6 +93,9 @@ class SearchConfig:
     terms: tuple[str, ...] | None = None  # None = default_terms(macro), resolved by validate()
     steps_l: int = 200
     steps_a: int = 400
+    # fraction of stage A's steps (and of each macro candidate's short search) that train the
+    # weights alone, α frozen, before the bilevel steps begin (PC-DARTS-style warm-up; docs/search.md)
+    arch_warmup: float = 0.0
     crop: int | None = None  # None = default_crops(macro)[0], resolved by validate()
     batch_size: int = 2
     w_lr: float = 5e-4  # SGD for weights, as the reference
@@ -100,6 +103,7 @@ class SearchConfig:
     w_clip: float = 5.0
     upper_lr: float = 5e-4  # Adam for α and λ, as the reference
     lambda_lr: float | None = None  # Adam lr of λ in stage L; None = upper_lr (docs/search.md)
+    arch_lr: float | None = None  # Adam lr of α in stage A and the macro sweep; None = upper_lr (docs/search.md)
     upper_betas: tuple[float, float] = (0.5, 0.999)
     upper_weight_decay: float = 1e-4
     max_parameter_free_per_unit: int | None = 4  # DARTS skip-collapse guard at derivation
@@ -118,6 +122,10 @@ class SearchConfig:
     lpips_weights: str | None = None
     lpips_net: str | None = None  # alex | vgg; None = read off the weight file
     notes: dict = field(default_factory=dict)
+
+    def warmup_steps(self, steps: int) -> int:
+        """How many of ``steps`` stage-A steps train the weights alone (``arch_warmup`` of them)."""
+        return int(round(self.arch_warmup * steps))
 
     @property
     def stage_list(self) -> list[str]:
@@ -153,6 +161,8 @@ class SearchConfig:
         for name in ("steps_l", "steps_a", "steps_t", "ckpt_every", "critic_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
+        if not 0.0 <= self.arch_warmup < 1.0:
+            raise ConfigError(f"--arch-warmup is a fraction of stage A's steps in [0, 1), got {self.arch_warmup:g}")
         if self.latency_threads is not None and self.latency_threads < 1:
             raise ConfigError(f"--latency-threads must be ≥ 1 (leave it out for the runtime's default), got {self.latency_threads}")
         if self.macro is not None:
@@ -182,8 +192,10 @@ class SearchConfig:
             LOSS_TERMS.get(t)  # an unknown name: the registry's one-line error
         if len(set(self.terms)) != len(self.terms):
             raise ConfigError(f"--terms names a term twice: {','.join(self.terms)}")
-        if self.lambda_lr is not None and not (self.lambda_lr > 0 and math.isfinite(self.lambda_lr)):
-            raise ConfigError(f"--lambda-lr must be a positive number, got {self.lambda_lr}")
+        for name in ("lambda_lr", "arch_lr"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
         if len(self.resolution) != 2 or min(self.resolution) < 4:
             raise ConfigError(f"--resolution must be WxH with sides ≥ 4, got {self.resolution}")
 
@@ -205,6 +217,8 @@ class SearchConfig:
 LEGACY_VALUES: dict[str, Any] = {
     "macro_train_steps": 0,  # before it, the short search's loss ranked
     "macro_proxy_seeds": 1,  # before it, one seed's proxy ranked
+    "arch_warmup": 0.0,  # before it, α moved from stage A's first step
+    "arch_lr": None,  # before it, α took the upper learning rate
 }
 #: Settings whose default is resolved by :meth:`SearchConfig.validate` and has changed between
 #: versions (the crops under ``--macro edge``; the refinement grid, conv_3x3 before 2026-12-02's

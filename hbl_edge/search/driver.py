@@ -488,7 +488,7 @@ def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, di
             net = EdgeSupernet(cand.macro(cfg.task), cfg.space, cand.channels, cand.units, seed=cfg.seed + 1,
                                hnu_norm=cfg.hnu_norm)
             net = place(net, dist).train()
-            w_opt, u_opt = make_optimizers(cfg, net, list(net.arch_parameters()))
+            w_opt, u_opt = make_optimizers(cfg, net, list(net.arch_parameters()), upper_lr=cfg.arch_lr)
             state = BilevelState(net, list(net.arch_parameters()), w_opt, u_opt)
             lower, upper = _samplers(cfg, seed_offset=1, dist=dist)
             first = place_batch(lower.batch(0), dist)
@@ -500,12 +500,14 @@ def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, di
                                                             cfg.latency_mu if cfg.latency_form == "additive" else cfg.latency_beta)
 
             t0 = time.perf_counter()
+            warm = cfg.warmup_steps(steps)
             for step in range(steps):
                 if dist.any(flag.stop):  # a candidate's short search takes minutes at s = 2: stop between steps
                     raise Interrupted
                 bilevel_step(state, order=cfg.order, lower_batch=place_batch(lower.batch(step), dist),
                              upper_batch=place_batch(upper.batch(step), dist), lower_loss=criterion,
-                             upper_objective=objective, clip=cfg.w_clip, dist=dist, lower_step=cfg.lower_step)
+                             upper_objective=objective, clip=cfg.w_clip, dist=dist, lower_step=cfg.lower_step,
+                             upper_frozen=step < warm)
             with torch.no_grad():  # quality alone, on validation batches the search did not step on
                 score = float(sum(criterion(net(b[0]), b[1])[0] for b in
                                   (place_batch(upper.batch(100_000 + k), dist) for k in range(4))) / 4)
@@ -632,12 +634,13 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
         net = Supernet(cfg.space, cfg.channels, cfg.units, seed=cfg.seed + 1, hnu_norm=cfg.hnu_norm)
     net = place(net, dist).train()
     upper_vars = list(net.arch_parameters())
-    w_opt, u_opt = make_optimizers(cfg, net, upper_vars)
+    w_opt, u_opt = make_optimizers(cfg, net, upper_vars, upper_lr=cfg.arch_lr)
     state = BilevelState(net, upper_vars, w_opt, u_opt)
     lower, upper = _samplers(cfg, seed_offset=1, dist=dist)
     if cfg.macro:
         net.init_from_data(*place_batch(lower.batch(0), dist))  # a resumed run's checkpoint overrides it
     budget = cfg.latency_budget
+    warm = cfg.warmup_steps(cfg.steps_a)
 
     def objective(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = criterion(pred, target)[0]
@@ -653,6 +656,7 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
             state, order=cfg.order, lower_batch=place_batch(lower.batch(step), dist),
             upper_batch=place_batch(upper.batch(step), dist),
             lower_loss=criterion, upper_objective=objective, clip=cfg.w_clip, dist=dist, lower_step=cfg.lower_step,
+            upper_frozen=step < warm,
         )
         genotype, report = derive_fn(net, cfg.max_parameter_free_per_unit)
         rec["genotype"] = genotype.summary()

@@ -77,7 +77,9 @@ def plot_latency_vs_loss(records: Sequence[dict[str, Any]], path: Path, budget: 
     plt = _plt()
     fig, ax1 = plt.subplots(figsize=(7, 3.6))
     steps = [r["step"] for r in records]
-    ax1.plot(steps, [r["upper_loss"] for r in records], color="tab:blue", lw=0.8, label="upper objective")
+    # the warm-up's steps (α frozen) take no upper step: a gap, not a zero
+    ax1.plot(steps, [float("nan") if r.get("upper_loss") is None else r["upper_loss"] for r in records],
+             color="tab:blue", lw=0.8, label="upper objective")
     ax1.set_xlabel("stage A step")
     ax1.set_ylabel("upper objective", color="tab:blue")
     if any("expected_latency_ms" in r for r in records):

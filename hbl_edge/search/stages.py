@@ -108,8 +108,13 @@ def bilevel_step(
     after_upper: Callable[[], None] | None = None,
     dist: DistContext = SINGLE,
     lower_step: str = "simultaneous",
+    upper_frozen: bool = False,
 ) -> dict[str, Any]:
     """One upper step (hypergradient) then one lower step (SGD). Returns the step's record.
+
+    ``upper_frozen``: the lower step alone (the upper variables do not move), as stage A's
+    warm-up takes it (``SearchConfig.arch_warmup``): the candidates' weights train before α
+    compares them, so an op is not judged while it is still at its initialisation.
 
     ``lower_step`` (:data:`LOWER_STEPS`): ``"simultaneous"`` (the default, as in
     :class:`~hbl_edge.search.config.SearchConfig`) takes the lower step with ∇_w L_tr(w_t, u_t),
@@ -126,7 +131,7 @@ def bilevel_step(
     """
     if lower_step not in LOWER_STEPS:
         raise ValueError(f"lower_step must be one of {', '.join(LOWER_STEPS)}, got {lower_step!r}")
-    reuse = lower_step == "simultaneous" and order != "first"
+    reuse = lower_step == "simultaneous" and order != "first" and not upper_frozen
     net = state.supernet
     params = net.weight_parameters()
     lo_x, lo_y = lower_batch
@@ -143,19 +148,21 @@ def bilevel_step(
     def upper_loss() -> torch.Tensor:
         return upper_objective(net(up_x), up_y)
 
-    res = hypergradient(
-        order, state.upper_vars, params, train_loss, upper_loss,
-        LowerStep.from_sgd(state.w_opt), sgd_momentum_buffers(state.w_opt, params),
-        restore=list(net.buffers()),  # the extra forwards must not move BatchNorm statistics
-        reduce=dist.mean if dist.enabled else None,
-        keep_lower_grad=reuse,
-    )
-    apply_hypergradient(state.u_opt, state.upper_vars, res.grads)
-    if after_upper:
-        after_upper()
+    res = None
+    if not upper_frozen:
+        res = hypergradient(
+            order, state.upper_vars, params, train_loss, upper_loss,
+            LowerStep.from_sgd(state.w_opt), sgd_momentum_buffers(state.w_opt, params),
+            restore=list(net.buffers()),  # the extra forwards must not move BatchNorm statistics
+            reduce=dist.mean if dist.enabled else None,
+            keep_lower_grad=reuse,
+        )
+        apply_hypergradient(state.u_opt, state.upper_vars, res.grads)
+        if after_upper:
+            after_upper()
 
     state.w_opt.zero_grad(set_to_none=True)
-    if res.lower_grad is not None:  # simultaneous: the virtual step's gradient, already averaged
+    if res is not None and res.lower_grad is not None:  # simultaneous: the virtual step's gradient, already averaged
         for p, g in zip(params, res.lower_grad):
             p.grad = g
         loss_value, terms = float(res.info.train_loss), first_terms  # type: ignore[arg-type]
@@ -175,9 +182,10 @@ def bilevel_step(
     return {
         "step": state.step,
         "lower_loss": loss_value,
-        "upper_loss": res.info.upper_loss,
-        "hypergrad_norm": float(sum(g.norm() ** 2 for g in res.grads) ** 0.5),
-        "direct_zero": bool(res.info.direct_zero),
+        "upper_loss": res.info.upper_loss if res else None,
+        "hypergrad_norm": float(sum(g.norm() ** 2 for g in res.grads) ** 0.5) if res else 0.0,
+        "direct_zero": bool(res.info.direct_zero) if res else None,
+        "upper_frozen": upper_frozen,
         "grad_norm": float(gnorm),
         **logged,
     }
