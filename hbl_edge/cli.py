@@ -602,6 +602,8 @@ def search(
     objective: str = typer.Option("critic", help="stage-L upper objective: critic | fidelity"),
     terms: Optional[str] = typer.Option(None, help="loss terms stage L weighs, e.g. l1,l2,color (default: l1,l2,color,ssim,tv,laplacian; under --macro edge l1,l2,color)"),
     lambda_lr: Optional[float] = typer.Option(None, help="Adam learning rate of the loss weights in stage L (default: the upper learning rate)"),
+    loss_check: Optional[str] = typer.Option(None, help="--macro edge: losses the sweep's winner also trains with, ';'-separated (e.g. l1;l1=1,color=0.5); the best mean validation PSNR, stage L's λ* included, trains stages A and T (default l1; none: use λ* unchecked)"),
+    selection: str = typer.Option("argmax", help="how stage A's supernet becomes ops: argmax of α (DARTS) | perturbation (each edge keeps the op whose removal costs the supernet most validation loss; DARTS-PT)"),
     arch_lr: Optional[float] = typer.Option(None, help="Adam learning rate of the architecture logits α in stage A and the macro sweep (default: the upper learning rate, 5e-4)"),
     critic: Optional[Path] = typer.Option(None, help="a quality critic (safetensors) instead of training one"),
     order: str = typer.Option("second", help="hypergradient: second | first | exact"),
@@ -644,7 +646,9 @@ def search(
         steps_t=steps_t, crop=crop, train_crop=train_crop, seed=seed, deterministic=deterministic, quick=quick,
         threads=threads,
         vgg_weights=str(vgg_weights) if vgg_weights else None, lpips_weights=str(lpips_weights) if lpips_weights else None,
-        lpips_net=lpips_net, hnu_norm=hnu_norm, lower_step=lower_step, lambda_lr=lambda_lr, arch_lr=arch_lr,
+        lpips_net=lpips_net, hnu_norm=hnu_norm, lower_step=lower_step, lambda_lr=lambda_lr, arch_lr=arch_lr, selection=selection,
+        loss_check=None if loss_check is None else tuple(x.strip() for x in loss_check.split(";")
+                                                       if x.strip() and x.strip() != "none"),
         terms=tuple(t.strip() for t in terms.split(",") if t.strip()) if terms is not None else None,
     )
     if macro is not None:

@@ -242,3 +242,54 @@ def test_whole_network_correction_is_fitted_on_edge_networks_and_used_by_predict
     assert float(model.expected(net).detach()) == pytest.approx(1.5 * float(inner.expected(net).detach()) + 5.0, rel=1e-6)
     again = EdgeLatencyModel.load(model.save(tmp_path / "m.json"))
     assert again.predict(g) == pytest.approx(model.predict(g))
+
+
+def test_loss_check_trains_the_winner_with_each_loss_and_keeps_the_best(tmp_path):
+    """λ* (here a made-up ``l2`` stage-L result) against ``l1`` on the sweep's winner: each trained
+    as its proxies were, the higher mean validation PSNR becomes loss.json (stage L's kept beside
+    it), and a resumed run reads the decision back instead of training again."""
+    from hbl_edge.losses import parse_loss_spec
+    from hbl_edge.search.driver import run_search
+
+    cfg, out = _tiny_macro_config(tmp_path, train_steps=3, proxy_seeds=2)
+    (out / "loss.json").write_text(json.dumps({"format": "hbl-loss/1", "terms": {"l2": 1.0}}))
+    cfg.loss_check = ("l1",)
+    run_search(cfg)
+    rec = json.loads((out / "search/loss_check.json").read_text())
+    assert rec["candidate"] == "s4 4/8x1 refine:none" and rec["seeds"] == [0, 1] and rec["steps"] == 3
+    stage_l, l1 = rec["losses"]
+    assert stage_l["terms"] == {"l2": 1.0} and l1["terms"] == {"l1": 1.0} and len(l1["val_psnr_seeds"]) == 2
+    sweep = {r["name"]: r for r in json.loads((out / "search/macro.json").read_text())["candidates"]}
+    assert stage_l["val_psnr_seeds"] == pytest.approx(sweep["s4 4/8x1 refine:none"]["proxy_val_psnr_seeds"])
+    from hbl_edge.search.driver import macro_candidate_dir
+
+    home = macro_candidate_dir(out, "s4 4/8x1 refine:none")
+    runs = sorted(p.name for p in home.glob("loss_check*"))
+    assert runs == ["loss_check0_seed0", "loss_check0_seed1"]
+    for seed, psnr in zip((0, 1), l1["val_psnr_seeds"]):
+        bundle = json.loads((home / f"loss_check0_seed{seed}" / "model.json").read_text())
+        assert bundle["metrics"]["val_psnr"] == pytest.approx(psnr) and bundle["loss"]["terms"] == {"l1": 1.0}
+    l1_wins = l1["val_psnr"] > stage_l["val_psnr"]
+    assert rec["chosen"] == ("l1" if l1_wins else "stage L's λ*")
+    assert parse_loss_spec(out / "loss.json").terms == ({"l1": 1.0} if l1_wins else {"l2": 1.0})
+    assert (out / "search/loss_stage_l.json").exists() == l1_wins
+    before = (out / "search/loss_check.json").read_text()
+    (out / "genotype.json").unlink()
+    run_search(cfg, resume=True)  # stage A again: the check is read back, not trained again
+    assert (out / "search/loss_check.json").read_text() == before
+    assert sorted(p.name for p in home.glob("loss_check*")) == runs
+
+
+def test_perturbation_selection_derives_and_records_the_argmax_beside_it(tmp_path):
+    from hbl_edge.search.driver import run_search
+
+    cfg, out = _tiny_macro_config(tmp_path, train_steps=0, proxy_seeds=1)
+    cfg.selection = "perturbation"
+    run_search(cfg)
+    rep = json.loads((out / "search/report.json").read_text())
+    d = rep["derivation"]
+    assert d["selection"] == "perturbation" and d["batches"] == 4 and "argmax_genotype" in d
+    assert d["score_max"] >= d["score_min"]
+    saved = torch.load(out / "search/alpha.pt", weights_only=True)
+    assert len(saved["selection_logits"]) == 3 and saved["selection_logits"][2].shape == saved["alpha"][2].shape
+    assert load_genotype(out / "genotype.json").macro.scale == 4

@@ -26,6 +26,11 @@ DEFAULT_TERMS = ("l1", "l2", "color", "ssim", "tv", "laplacian")
 EDGE_DEFAULT_TERMS = ("l1", "l2", "color")
 
 
+#: What the macro sweep's winner also trains with (``loss_check``): on edge networks L1 alone
+#: beat stage L's λ* on validation for low light and underwater (docs/benchmarks.md).
+EDGE_LOSS_CHECK = ("l1",)
+
+
 def default_terms(macro: str | None) -> tuple[str, ...]:
     """The terms stage L searches over when ``--terms`` is not given."""
     return EDGE_DEFAULT_TERMS if macro == "edge" else DEFAULT_TERMS
@@ -91,6 +96,10 @@ class SearchConfig:
     critic: str | None = None  # a user critic (safetensors); None = train one at the start of stage L
     critic_steps: int = 200
     terms: tuple[str, ...] | None = None  # None = default_terms(macro), resolved by validate()
+    # losses (specs such as "l1") the macro sweep's winner also trains with before stage A; the
+    # best mean validation PSNR of its proxies, λ* included, is the loss stages A and T use
+    # (driver._loss_check). None = ("l1",) under --macro edge, () otherwise, resolved by validate()
+    loss_check: tuple[str, ...] | None = None
     steps_l: int = 200
     steps_a: int = 400
     # fraction of stage A's steps (and of each macro candidate's short search) that train the
@@ -103,6 +112,8 @@ class SearchConfig:
     w_clip: float = 5.0
     upper_lr: float = 5e-4  # Adam for α and λ, as the reference
     lambda_lr: float | None = None  # Adam lr of λ in stage L; None = upper_lr (docs/search.md)
+    # how the trained supernet becomes ops: argmax of α (DARTS) | perturbation (DARTS-PT; hbl_edge.search.selection)
+    selection: str = "argmax"
     arch_lr: float | None = None  # Adam lr of α in stage A and the macro sweep; None = upper_lr (docs/search.md)
     upper_betas: tuple[float, float] = (0.5, 0.999)
     upper_weight_decay: float = 1e-4
@@ -161,6 +172,10 @@ class SearchConfig:
         for name in ("steps_l", "steps_a", "steps_t", "ckpt_every", "critic_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
+        from .selection import SELECTIONS
+
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"--selection takes {' | '.join(SELECTIONS)}, got {self.selection!r}")
         if not 0.0 <= self.arch_warmup < 1.0:
             raise ConfigError(f"--arch-warmup is a fraction of stage A's steps in [0, 1), got {self.arch_warmup:g}")
         if self.latency_threads is not None and self.latency_threads < 1:
@@ -184,6 +199,19 @@ class SearchConfig:
         if self.terms is None:
             self.terms = default_terms(self.macro)
         self.terms = tuple(self.terms)
+        if self.loss_check is None:
+            self.loss_check = EDGE_LOSS_CHECK if self.macro == "edge" else ()
+        self.loss_check = tuple(self.loss_check)
+        if self.loss_check and self.macro != "edge":
+            raise ConfigError("--loss-check compares losses on the macro sweep's winner: it needs --macro edge")
+        from ..errors import LossSpecError
+        from ..losses import parse_loss_spec
+
+        for spec in self.loss_check:
+            try:
+                parse_loss_spec(spec)
+            except LossSpecError as e:
+                raise ConfigError(f"--loss-check {spec!r}: {e}") from None
         if not self.terms:
             raise ConfigError("--terms needs at least one loss term, e.g. l1,l2,color")
         from ..losses import LOSS_TERMS
@@ -203,7 +231,7 @@ class SearchConfig:
     def from_dict(cls, data: dict) -> "SearchConfig":
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in data.items() if k in known}
-        for k in ("channels", "resolution", "upper_betas", "terms", "macro_scales", "macro_units"):
+        for k in ("channels", "resolution", "upper_betas", "terms", "macro_scales", "macro_units", "loss_check"):
             if k in kw and kw[k] is not None:
                 kw[k] = tuple(kw[k])
         for k in ("macro_widths", "macro_refine"):
@@ -219,12 +247,14 @@ LEGACY_VALUES: dict[str, Any] = {
     "macro_proxy_seeds": 1,  # before it, one seed's proxy ranked
     "arch_warmup": 0.0,  # before it, α moved from stage A's first step
     "arch_lr": None,  # before it, α took the upper learning rate
+    "selection": "argmax",  # before it, the argmax of α derived
+    "loss_check": (),  # before it, λ* trained stages A and T unchecked
 }
 #: Settings whose default is resolved by :meth:`SearchConfig.validate` and has changed between
 #: versions (the crops under ``--macro edge``; the refinement grid, conv_3x3 before 2026-12-02's
 #: fifth session, boxmix_3x3 until 2026-12-03, boxmix_3x3 and boxmix_5x5 since): not given on the
 #: command line, a resumed run takes the saved value.
-VERSIONED_DEFAULTS = ("terms", "crop", "train_crop", "macro_refine")
+VERSIONED_DEFAULTS = ("terms", "crop", "train_crop", "macro_refine", "loss_check")
 
 
 def saved_settings_to_adopt(saved: dict, defaulted: set[str]) -> dict[str, Any]:

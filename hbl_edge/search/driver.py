@@ -512,14 +512,14 @@ def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, di
                 score = float(sum(criterion(net(b[0]), b[1])[0] for b in
                                   (place_batch(upper.batch(100_000 + k), dist) for k in range(4))) / 4)
             score = dist.mean_floats({"score": score})["score"]  # each rank scored its slice: one choice for all
-            g, _ = derive_edge(net.cpu(), cfg.max_parameter_free_per_unit)
+            g, _, priced, _ = _select_ops(cfg, net, derive_edge, criterion, upper, dist)
             predicted = model.predict(g)
             row.update(feasible=True, score=score, steps=steps, seconds=time.perf_counter() - t0,
                        derived=g.summary(), derived_predicted_ms=predicted)
             if predicted > budget:  # what the repair would leave (by the model): the price of fitting
                 from .repair import repair as _repair
 
-                fixed = _repair(g, net, model.predict, budget, model.fcm, model.hnu, measure=None)
+                fixed = _repair(g, priced, model.predict, budget, model.fcm, model.hnu, measure=None)
                 row.update(repaired=fixed.genotype.summary(), repaired_predicted_ms=fixed.predicted_ms,
                            repair_changes=len(fixed.changes))
                 g = fixed.genotype
@@ -605,6 +605,62 @@ def _proxy_train(cfg: SearchConfig, out: Path, cand, genotype, dist: DistContext
     return row
 
 
+def _loss_check(cfg: SearchConfig, out: Path, cand, flag, dist: DistContext):
+    """Stage L's λ* against the ``cfg.loss_check`` losses, on the macro sweep's winner; returns the loss to use.
+
+    Why: on edge networks stage L's λ* did not beat uniform λ, and L1 alone beat both, on the
+    validation carve-outs of low light and underwater (docs/benchmarks.md), so λ* is checked
+    before stages A and T use it. The winner's derived network (the one its proxies trained)
+    trains again with each alternative exactly as its proxies did (steps, seeds, recipe); the
+    loss with the highest mean validation PSNR wins, λ* on a tie. When an alternative wins,
+    ``loss.json`` becomes it (stage L's λ* stays in ``search/loss_stage_l.json``); the decision
+    and every score are in ``search/loss_check.json``, which a resumed run reads back.
+    """
+    import shutil
+
+    from ..runio import read_json
+
+    record_path = out / "search" / "loss_check.json"
+    if record_path.exists():
+        return _read_loss_spec(out)
+    sweep = read_json(out / "search" / "macro.json", ConfigError, "macro sweep")["candidates"]
+    row = next(r for r in sweep if r["name"] == cand.name)
+    home = macro_candidate_dir(out, cand.name)
+    seeds = [cfg.seed + k for k in range(cfg.macro_proxy_seeds)]
+    stage_l = _read_loss_spec(out)
+    rows = [{"loss": "stage L's λ*", "terms": dict(stage_l.terms), "val_psnr_seeds": row.get("proxy_val_psnr_seeds",
+                                                                                       [row["proxy_val_psnr"]]),
+             "val_psnr": row["proxy_val_psnr"]}]
+    for k, spec in enumerate(cfg.loss_check):
+        scores = []
+        for seed in seeds:
+            if dist.any(flag.stop):
+                raise Interrupted
+            run = home / f"loss_check{k}_seed{seed}"
+            tcfg = _train_config(dataclasses.replace(cfg, seed=seed), out, home / "genotype.json", run,
+                                 cfg.macro_train_steps, val_crop=None, loss=spec)
+            res = TrainSession(tcfg, provenance={"search_run": str(out), "loss_check": spec}, dist=dist).run()
+            if res.interrupted:
+                raise Interrupted
+            scores.append(dist.on_main(lambda res=res: res.metrics)["val_psnr"])
+        rows.append({"loss": spec, "terms": dict(parse_loss_spec(spec).terms), "val_psnr_seeds": scores,
+                     "val_psnr": statistics.fmean(scores)})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["val_psnr"], -i))  # ties: λ*, then the first listed
+    log.info("loss check on %s: %s", cand.name, ", ".join(f"{r['loss']} {r['val_psnr']:.2f} dB" for r in rows))
+
+    def write() -> None:
+        if best:
+            shutil.copyfile(out / "loss.json", out / "search" / "loss_stage_l.json")
+            parse_loss_spec(rows[best]["loss"]).save(out / "loss.json")
+        write_json(record_path, {"candidate": cand.name, "steps": cfg.macro_train_steps, "seeds": seeds,
+                                 "rule": "highest mean validation PSNR (whole frames) of the winner's derived network "
+                                         "over the proxy seeds; stage L's λ* on a tie",
+                                 "losses": rows, "chosen": rows[best]["loss"]})
+
+    dist.on_main(write)
+    return _read_loss_spec(out)
+
+
 def _read_loss_spec(out: Path):
     if not (out / "loss.json").exists():
         raise ConfigError(f"stage A needs {out / 'loss.json'}: run stage L first, or write one (e.g. {{\"format\": \"hbl-loss/1\", \"terms\": {{\"l1\": 1}}}})")
@@ -624,6 +680,10 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
 
         models = dist.on_main(lambda: _edge_models(cfg, out))  # profiled once, on rank 0
         cand = _macro_sweep(cfg, out, criterion, models, flag, dist)
+        if cfg.loss_check and cfg.macro_train_steps:
+            spec = _loss_check(cfg, out, cand, flag, dist)
+            criterion = build_loss(spec, vgg_weights=cfg.vgg_weights, lpips_weights=cfg.lpips_weights,
+                                   lpips_net=cfg.lpips_net).to(dist.device)
         lat_model = models[cand]
         torch.manual_seed(cfg.seed + 1)
         net = EdgeSupernet(cand.macro(cfg.task), cfg.space, cand.channels, cand.units, seed=cfg.seed + 1,
@@ -668,17 +728,26 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
         return rec
 
     _run_bilevel("A", cfg, out, state, cfg.steps_a, step_fn, progress, flag, dist=dist)
-    genotype, report = derive_fn(net, cfg.max_parameter_free_per_unit)
+    genotype, report, priced, selected = _select_ops(cfg, net, derive_fn, criterion, upper, dist)
     if not dist.is_main:  # rank 0 measures, reports and writes; the others get its result
         return dist.on_main(lambda: None)
     net = net.cpu()  # plots and the saved α read it on the CPU
+    if isinstance(priced, dict):
+        priced = {k: v.cpu() for k, v in priced.items()}
+    else:
+        priced = net
     if report.capped:
         log.warning("stage A: skip-connection collapse guard replaced %d edge(s): %s", len(report.replaced), report.summary())
-    result: dict[str, Any] = {"derivation": report.to_dict()}
+    result: dict[str, Any] = {"derivation": {**report.to_dict(), **selected}}
+    if selected["selection"] != "argmax":
+        argmax_genotype, _ = derive_fn(net, cfg.max_parameter_free_per_unit)
+        result["derivation"]["argmax_genotype"] = argmax_genotype.summary()
+        log.info("stage A: %s selection %s (the argmax of α: %s)", selected["selection"], genotype.summary(),
+                 argmax_genotype.summary())
     if lat_model is not None:
         argmax = genotype
         with torch.random.fork_rng(devices=[]):  # rank 0 only: leave the RNG stream as the other ranks have it
-            genotype, result["latency"] = _keep_promise(cfg, lat_model, genotype, net)
+            genotype, result["latency"] = _keep_promise(cfg, lat_model, genotype, priced)
         if genotype != argmax:
             argmax.save(out / "search" / "genotype_argmax.json")
     result["genotype"] = genotype.summary()
@@ -688,9 +757,32 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
 
     plot_alpha(net, out / "plots" / "alpha.png")
     plot_latency_vs_loss(_stage_records(out, "A"), out / "plots" / "latency_vs_loss.png", budget)
+    saved: dict[str, Any] = {"alpha": [a.detach() for a in net.arch_parameters()]}
+    if isinstance(priced, dict):  # the perturbation selection's logits, which derived and repaired
+        saved["selection_logits"] = list(priced.values())
     with atomic_path(out / "search" / "alpha.pt") as tmp:
-        torch.save({"alpha": [a.detach() for a in net.arch_parameters()]}, tmp)
+        torch.save(saved, tmp)
     return dist.on_main(lambda: result)
+
+
+def _select_ops(cfg: SearchConfig, net, derive_fn, criterion, upper, dist: DistContext):
+    """The derived genotype of a trained supernet by ``cfg.selection`` (:mod:`hbl_edge.search.selection`).
+
+    The perturbation test scores on the 4 fixed validation batches the sweep scores on (the
+    search never stepped on them); under data parallelism every rank runs the same
+    forwards on its slice and the loss is the ranks' mean, so every rank derives the same ops.
+    """
+    from .selection import select
+
+    if cfg.selection == "argmax":
+        return select(net, derive_fn, cfg.max_parameter_free_per_unit, "argmax")
+    batches = [place_batch(upper.batch(100_000 + k), dist) for k in range(4)]
+
+    def val_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        value = float(criterion(pred, target)[0])
+        return torch.tensor(dist.mean_floats({"loss": value})["loss"] if dist.enabled else value)
+
+    return select(net, derive_fn, cfg.max_parameter_free_per_unit, cfg.selection, val_loss, batches)
 
 
 def _keep_promise(cfg: SearchConfig, lat_model, genotype, alpha) -> tuple[Any, dict[str, Any]]:
@@ -750,12 +842,12 @@ def stage_t_config(cfg: SearchConfig, out: Path) -> TrainConfig:
 
 
 def _train_config(cfg: SearchConfig, out: Path, genotype: Path, run: Path, steps: int, *,
-                  val_every: int | None = None, **extra: Any) -> TrainConfig:
-    """A stage-T training of ``genotype`` with the search's λ* (``out/loss.json``) and recipe."""
+                  val_every: int | None = None, loss: str | None = None, **extra: Any) -> TrainConfig:
+    """A stage-T training of ``genotype`` with the search's λ* (``out/loss.json``, or ``loss``) and recipe."""
     cfg.validate()  # resolves the defaults that depend on --macro (the crops)
     every = val_every or steps
     return TrainConfig(
-        task=cfg.task, genotype=str(genotype), loss=str(out / "loss.json"), data=cfg.data, out=str(run), steps=steps,
+        task=cfg.task, genotype=str(genotype), loss=loss or str(out / "loss.json"), data=cfg.data, out=str(run), steps=steps,
         batch_size=cfg.train_batch_size, crop=cfg.train_crop, lr=cfg.train_lr, seed=cfg.seed, val_every=every,
         ckpt_every=every, deterministic=cfg.deterministic, vgg_weights=cfg.vgg_weights,
         lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net, **extra,
