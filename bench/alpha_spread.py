@@ -7,7 +7,8 @@ pushes every edge the same way (the latency term's gradient) decides it. This sc
 
 - per edge group (encoder/decoder, HNU): the logit range max − min on each edge (median and
   max over the edges), and the softmax margin between an edge's best and second-best op;
-- the derived genotype's op counts, and the run's α learning rate and warm-up (config.json).
+- the derived genotype's op counts (and the argmax of α beside it when the run selected ops by
+  another rule), and the run's α learning rate and warm-up (config.json).
 
     python bench/alpha_spread.py runs/uw_w5 runs/uw_lr5e3 --out bench/results/alpha_spread_underwater.json
 """
@@ -59,7 +60,9 @@ def summarise(run: Path) -> dict:
     counts: dict[str, int] = {}
     for op in [*g.encoder, *g.decoder, *(o for unit in g.hnu for o in unit)]:
         counts[op] = counts.get(op, 0) + 1
-    return {"run": rel(run), "arch_lr": cfg.get("arch_lr") or cfg.get("upper_lr"), "arch_warmup": cfg.get("arch_warmup", 0.0),
+    derivation = json.loads((run / "search" / "report.json").read_text()).get("derivation", {})
+    return {"run": rel(run), "selection": derivation.get("selection", "argmax"),
+            "argmax_genotype": derivation.get("argmax_genotype", g.summary()), "arch_lr": cfg.get("arch_lr") or cfg.get("upper_lr"), "arch_warmup": cfg.get("arch_warmup", 0.0),
             "steps_a": cfg.get("steps_a"), "latency_form": cfg.get("latency_form"),
             "encoder_decoder": spread(edge_rows(fcm)), "hnu": spread(edge_rows(hnu)),
             "genotype": g.summary(), "op_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [summarise(r) for r in args.runs]
     for r in rows:
         fd, hn = r["encoder_decoder"], r["hnu"]
-        print(f"{r['run']}: lr {r['arch_lr']:g}, warm-up {r['arch_warmup']:g} | enc/dec logit range median "
+        print(f"{r['run']}: lr {r['arch_lr']:g}, warm-up {r['arch_warmup']:g}, {r['selection']} | enc/dec logit range median "
               f"{fd['logit_range_median']:.3f} (margin {fd['softmax_margin_median']:.4f}) | HNU "
               f"{hn['logit_range_median']:.3f} (margin {hn['softmax_margin_median']:.4f}) | {r['genotype'].split('| ')[-1]}")
     if args.out:
