@@ -5,6 +5,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from hbl_edge.errors import ConfigError
 from hbl_edge.genotype import load_genotype
@@ -230,19 +231,22 @@ def test_local_cpu_search_profiles_calibrates_and_measures(tmp_path):
     assert lat["measured_ms"] > 0 and "error_pct" in lat and lat["estimate"] is False
 
 
+def _stage_a_only(tmp_path, name, **kw):
+    """Stage A alone on a tiny supernet with an L1 loss.json: (α after it, the step records)."""
+    out = tmp_path / name
+    out.mkdir()
+    (out / "loss.json").write_text(json.dumps({"format": "hbl-loss/1", "terms": {"l1": 1.0}}))
+    assert run_search(tiny(tmp_path, name=name, stages="A", **kw)).completed == ["A"]
+    records = [json.loads(x) for x in (out / "search/log.jsonl").read_text().splitlines()]
+    return torch.load(out / "search/alpha.pt")["alpha"], records
+
+
 def test_hinge_latency_form_is_the_budget_as_a_constraint(tmp_path):
     """L · max(1, LAT/T)^β: under the budget the latency factor is exactly 1, so stage A equals the
     search without any latency term (and estimating the latency table does not disturb the
     search's random stream); over the budget, the latency steers α."""
-    import torch
-
     def stage_a(name, **kw):
-        out = tmp_path / name
-        out.mkdir()
-        (out / "loss.json").write_text(json.dumps({"format": "hbl-loss/1", "terms": {"l1": 1.0}}))
-        assert run_search(tiny(tmp_path, name=name, stages="A", **kw)).completed == ["A"]
-        records = [json.loads(x) for x in (out / "search/log.jsonl").read_text().splitlines()]
-        return torch.load(out / "search/alpha.pt")["alpha"], records
+        return _stage_a_only(tmp_path, name, **kw)
 
     zero, _ = stage_a("zero", latency_budget=None)
     loose, records = stage_a("loose", latency_form="hinge", latency_beta=2.0, latency_budget=1e9)
@@ -279,15 +283,8 @@ def test_a_run_saved_by_an_older_version_resumes_with_its_saved_settings(tmp_pat
 def test_stage_a_warmup_and_arch_lr_are_wired(tmp_path):
     """``arch_warmup``: stage A's first steps leave α where it starts (the log says which steps);
     ``arch_lr``: α's own learning rate, and the upper learning rate when it equals it."""
-    import torch
-
     def stage_a(name, **kw):
-        out = tmp_path / name
-        out.mkdir()
-        (out / "loss.json").write_text(json.dumps({"format": "hbl-loss/1", "terms": {"l1": 1.0}}))
-        assert run_search(tiny(tmp_path, name=name, stages="A", **kw)).completed == ["A"]
-        records = [json.loads(x) for x in (out / "search/log.jsonl").read_text().splitlines()]
-        return torch.load(out / "search/alpha.pt")["alpha"], records
+        return _stage_a_only(tmp_path, name, **kw)
 
     base, _ = stage_a("base")
     same, _ = stage_a("same", arch_lr=0.05)  # tiny()'s upper_lr
