@@ -5,6 +5,7 @@ eval.json, search/log.jsonl); this gathers the parts a benchmark row quotes into
 repository-relative paths, and prints them:
 
 - the command's settings and versions (config.json);
+- the loss check (``search/loss_check.json``: stage L's λ* against L1 on the sweep's winner);
 - the macro sweep: every candidate's floor, feasibility, short-search score, derived network's
   predicted ms and its trained proxy's validation PSNR / SSIM;
 - the latency promise: the argmax network's predicted and measured ms, every repair round and
@@ -100,6 +101,7 @@ def record(run: Path, seed_evals: list[Path], wall_min: float | None = None) -> 
         "wall_minutes": wall_min,
         "stage_step_seconds": stage_seconds(run / "search" / "log.jsonl"),
         "loss": (_read(run / "loss.json") or {}).get("terms"),
+        "loss_check": _read(run / "search" / "loss_check.json"),  # λ* against L1 on the winner, when it ran
         "sweep": {"chosen": (macro or {}).get("chosen_name"), "rule": (macro or {}).get("rule"),
                   "train_steps": (macro or {}).get("train_steps"), "candidates": sweep_rows(macro)},
         "latency": {
@@ -115,7 +117,10 @@ def record(run: Path, seed_evals: list[Path], wall_min: float | None = None) -> 
 
 
 def print_record(rec: dict[str, Any]) -> None:
-    print(f"run {rec['run']}: chose {rec['sweep']['chosen']}  λ* {rec['loss']}")
+    print(f"run {rec['run']}: chose {rec['sweep']['chosen']}  loss {rec['loss']}")
+    if rec.get("loss_check"):
+        print("  loss check: " + ", ".join(f"{r['loss']} {r['val_psnr']:.2f} dB" for r in rec["loss_check"]["losses"])
+              + f" → {rec['loss_check']['chosen']}")
     for r in rec["sweep"]["candidates"]:
         if not r["feasible"]:
             print(f"  {r['name']:<30} pruned (floor {r['floor_predicted_ms']:.1f} ms)")
