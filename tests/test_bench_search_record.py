@@ -33,6 +33,8 @@ def test_a_tiny_macro_search_is_recorded_with_its_sweep_promise_and_seeds(tmp_pa
     assert names["s4 4/8x1 refine:none"]["proxy_val_psnr"] is not None
     assert rec["latency"]["budget_ms"] == 1000.0 and rec["latency"]["rounds"][0]["round"] == 0
     assert set(rec["stage_step_seconds"]) == {"A"} and rec["wall_minutes"] == 1.5
+    check = rec["loss_check"]  # the default under --macro edge: λ* against L1 on the winner
+    assert [r["loss"] for r in check["losses"]] == ["stage L's λ*", "l1"] and check["chosen"] in ("stage L's λ*", "l1")
     seeds = rec["test"]["seeds"]
     assert seeds["n"] == 2 and seeds["psnr"][1] == pytest.approx(seeds["psnr"][0] + 1.0)
     assert seeds["psnr_std"] == pytest.approx(2 ** -0.5)
