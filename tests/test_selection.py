@@ -50,6 +50,9 @@ def test_select_derives_from_the_scores_and_leaves_alpha_alone():
     logits = selection_logits(scores)
     assert float(torch.cat([s.flatten() for s in logits]).std()) == pytest.approx(1.0)
     g2, _, same, rec2 = select(net, derive, 4, "argmax")
-    assert same is net and rec2 == {"selection": "argmax"} and g2 == derive(net, 4)[0]
+    assert list(same) == ["alpha_encoder", "alpha_decoder", "alpha_hnu"]
+    assert all(torch.equal(same[k], a) for k, a in zip(same, net.arch_parameters()))
+    assert rec2 == {"selection": "argmax"} and g2 == derive(net, 4)[0]
+    assert rec["argmax_genotype"] == g2.summary()
     with pytest.raises(ValueError, match="selection must be one of argmax, perturbation"):
         select(net, derive, 4, "random")

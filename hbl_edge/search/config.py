@@ -11,6 +11,7 @@ from ..ops import get_space
 from ..tasks import get_task
 from .hypergrad import ORDERS
 from .stages import LOWER_STEPS
+from .selection import SELECTIONS
 from .supernet import HNU_NORMS
 
 STAGES = ("L", "A", "T")
@@ -172,8 +173,6 @@ class SearchConfig:
         for name in ("steps_l", "steps_a", "steps_t", "ckpt_every", "critic_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
-        from .selection import SELECTIONS
-
         if self.selection not in SELECTIONS:
             raise ConfigError(f"--selection takes {' | '.join(SELECTIONS)}, got {self.selection!r}")
         if not 0.0 <= self.arch_warmup < 1.0:

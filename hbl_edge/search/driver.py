@@ -513,6 +513,7 @@ def _macro_sweep(cfg: SearchConfig, out: Path, criterion, models: dict, flag, di
                                   (place_batch(upper.batch(100_000 + k), dist) for k in range(4))) / 4)
             score = dist.mean_floats({"score": score})["score"]  # each rank scored its slice: one choice for all
             g, _, priced, _ = _select_ops(cfg, net, derive_edge, criterion, upper, dist)
+            net.cpu()  # the proxies below train their own networks: free the supernet's device memory
             predicted = model.predict(g)
             row.update(feasible=True, score=score, steps=steps, seconds=time.perf_counter() - t0,
                        derived=g.summary(), derived_predicted_ms=predicted)
@@ -558,6 +559,29 @@ def macro_candidate_dir(out: Path, name: str) -> Path:
     return out / "search" / "macro" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def _train_proxies(cfg: SearchConfig, out: Path, genotype: Path, run_for_seed: Callable[[int], Path],
+                   provenance: dict[str, Any], dist: DistContext, loss: str | None = None,
+                   flag=None) -> list[tuple[Path, dict[str, Any]]]:
+    """``genotype`` trained ``macro_train_steps`` stage-T steps once per proxy seed (``seed, seed + 1, …``).
+
+    Each run is a bundle at ``run_for_seed(seed)``, trained with ``loss`` (default the search's
+    ``loss.json``); returns ``(run, metrics)`` per seed. A signal in a training (or, with
+    ``flag``, before one) raises :class:`Interrupted`.
+    """
+    trained = []
+    for seed in (cfg.seed + k for k in range(cfg.macro_proxy_seeds)):
+        if flag is not None and dist.any(flag.stop):
+            raise Interrupted
+        run = run_for_seed(seed)
+        tcfg = _train_config(dataclasses.replace(cfg, seed=seed), out, genotype, run, cfg.macro_train_steps,
+                             val_crop=None, loss=loss)
+        res = TrainSession(tcfg, provenance={"search_run": str(out), **provenance}, dist=dist).run()
+        if res.interrupted:
+            raise Interrupted
+        trained.append((run, dist.on_main(lambda res=res: res.metrics)))
+    return trained
+
+
 def _proxy_train(cfg: SearchConfig, out: Path, cand, genotype, dist: DistContext) -> dict[str, Any]:
     """Train one macro candidate's derived network briefly, as stage T would, and score it.
 
@@ -585,18 +609,10 @@ def _proxy_train(cfg: SearchConfig, out: Path, cand, genotype, dist: DistContext
     dist.on_main(prepare)  # every rank waits for rank 0's files
     seeds = [cfg.seed + k for k in range(cfg.macro_proxy_seeds)]
     t0 = time.perf_counter()
-    runs, scores = [], []
-    for seed in seeds:
-        run = d / ("model" if seed == cfg.seed else f"model_seed{seed}")
-        tcfg = _train_config(dataclasses.replace(cfg, seed=seed), out, d / "genotype.json", run,
-                             cfg.macro_train_steps, val_crop=None)
-        res = TrainSession(tcfg, provenance={"search_run": str(out), "macro_candidate": cand.name},
-                           dist=dist).run()
-        if res.interrupted:
-            raise Interrupted
-        m = dist.on_main(lambda res=res: res.metrics)
-        runs.append(str(run))
-        scores.append((m["val_psnr"], m["val_ssim"]))
+    trained = _train_proxies(cfg, out, d / "genotype.json", lambda seed: d / ("model" if seed == cfg.seed else f"model_seed{seed}"),
+                             {"macro_candidate": cand.name}, dist)
+    runs = [str(run) for run, _ in trained]
+    scores = [(m["val_psnr"], m["val_ssim"]) for _, m in trained]
     row = {"proxy_val_psnr": statistics.fmean(p for p, _ in scores),
            "proxy_val_ssim": statistics.fmean(q for _, q in scores), "proxy_steps": cfg.macro_train_steps,
            "proxy_seconds": time.perf_counter() - t0, "proxy_genotype": genotype.summary(), "proxy_run": runs[0]}
@@ -632,17 +648,9 @@ def _loss_check(cfg: SearchConfig, out: Path, cand, flag, dist: DistContext):
                                                                                        [row["proxy_val_psnr"]]),
              "val_psnr": row["proxy_val_psnr"]}]
     for k, spec in enumerate(cfg.loss_check):
-        scores = []
-        for seed in seeds:
-            if dist.any(flag.stop):
-                raise Interrupted
-            run = home / f"loss_check{k}_seed{seed}"
-            tcfg = _train_config(dataclasses.replace(cfg, seed=seed), out, home / "genotype.json", run,
-                                 cfg.macro_train_steps, val_crop=None, loss=spec)
-            res = TrainSession(tcfg, provenance={"search_run": str(out), "loss_check": spec}, dist=dist).run()
-            if res.interrupted:
-                raise Interrupted
-            scores.append(dist.on_main(lambda res=res: res.metrics)["val_psnr"])
+        trained = _train_proxies(cfg, out, home / "genotype.json", lambda seed, k=k: home / f"loss_check{k}_seed{seed}",
+                                 {"loss_check": spec}, dist, loss=spec, flag=flag)
+        scores = [m["val_psnr"] for _, m in trained]
         rows.append({"loss": spec, "terms": dict(parse_loss_spec(spec).terms), "val_psnr_seeds": scores,
                      "val_psnr": statistics.fmean(scores)})
     best = max(range(len(rows)), key=lambda i: (rows[i]["val_psnr"], -i))  # ties: λ*, then the first listed
@@ -732,18 +740,13 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
     if not dist.is_main:  # rank 0 measures, reports and writes; the others get its result
         return dist.on_main(lambda: None)
     net = net.cpu()  # plots and the saved α read it on the CPU
-    if isinstance(priced, dict):
-        priced = {k: v.cpu() for k, v in priced.items()}
-    else:
-        priced = net
+    priced = {k: v.cpu() for k, v in priced.items()}
     if report.capped:
         log.warning("stage A: skip-connection collapse guard replaced %d edge(s): %s", len(report.replaced), report.summary())
     result: dict[str, Any] = {"derivation": {**report.to_dict(), **selected}}
-    if selected["selection"] != "argmax":
-        argmax_genotype, _ = derive_fn(net, cfg.max_parameter_free_per_unit)
-        result["derivation"]["argmax_genotype"] = argmax_genotype.summary()
+    if "argmax_genotype" in selected:
         log.info("stage A: %s selection %s (the argmax of α: %s)", selected["selection"], genotype.summary(),
-                 argmax_genotype.summary())
+                 selected["argmax_genotype"])
     if lat_model is not None:
         argmax = genotype
         with torch.random.fork_rng(devices=[]):  # rank 0 only: leave the RNG stream as the other ranks have it
@@ -758,7 +761,7 @@ def _stage_a(cfg: SearchConfig, out: Path, progress: Progress | None, flag, dist
     plot_alpha(net, out / "plots" / "alpha.png")
     plot_latency_vs_loss(_stage_records(out, "A"), out / "plots" / "latency_vs_loss.png", budget)
     saved: dict[str, Any] = {"alpha": [a.detach() for a in net.arch_parameters()]}
-    if isinstance(priced, dict):  # the perturbation selection's logits, which derived and repaired
+    if cfg.selection != "argmax":  # the selection's logits, which derived and repaired
         saved["selection_logits"] = list(priced.values())
     with atomic_path(out / "search" / "alpha.pt") as tmp:
         torch.save(saved, tmp)

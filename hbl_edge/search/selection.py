@@ -31,6 +31,7 @@ from .supernet import Supernet
 #: Registered selections (``SearchConfig.selection``, ``--selection``).
 SELECTIONS = ("argmax", "perturbation")
 _REMOVED = -1e9  # softmax weight exactly 0 in float32 and float64, the others renormalised
+_NAMES = ("alpha_encoder", "alpha_decoder", "alpha_hnu")  # net.arch_parameters()'s order
 
 
 @torch.no_grad()
@@ -84,15 +85,16 @@ def select(net: Supernet, derive_fn: Callable[..., Any], max_parameter_free: int
            batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> tuple[Any, Any, Any, dict[str, Any]]:
     """The derived genotype of ``net`` by ``selection``.
 
-    Returns ``(genotype, derivation report, alpha for the repair, record)``: the alpha is the
-    supernet itself for ``argmax`` and a dict of the selection logits for ``perturbation``
-    (``repair`` reads either); the record says what was measured.
+    Returns ``(genotype, derivation report, logits for the repair, record)``: the logits, keyed
+    as :func:`hbl_edge.search.repair.repair` reads them, are α for ``argmax`` and the selection
+    logits for ``perturbation``; the record says what was measured (for ``perturbation`` also
+    the argmax genotype beside the selected one).
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    argmax, report = derive_fn(net, max_parameter_free)
     if selection == "argmax":
-        genotype, report = derive_fn(net, max_parameter_free)
-        return genotype, report, net, {"selection": "argmax"}
+        return argmax, report, dict(zip(_NAMES, (a.detach() for a in net.arch_parameters()))), {"selection": "argmax"}
     if loss_fn is None or not batches:
         raise ValueError("the perturbation selection needs the loss and validation batches")
     base, scores = perturbation_scores(net, loss_fn, batches)
@@ -107,10 +109,10 @@ def select(net: Supernet, derive_fn: Callable[..., Any], max_parameter_free: int
         with torch.no_grad():
             for a, s in zip(net.arch_parameters(), saved):
                 a.copy_(s)
-    names = ("alpha_encoder", "alpha_decoder", "alpha_hnu")
     record = {"selection": "perturbation", "base_loss": base, "batches": len(batches),
-              "score_max": max(float(s.max()) for s in scores), "score_min": min(float(s.min()) for s in scores)}
-    return genotype, report, dict(zip(names, logits)), record
+              "score_max": max(float(s.max()) for s in scores), "score_min": min(float(s.min()) for s in scores),
+              "argmax_genotype": argmax.summary()}
+    return genotype, report, dict(zip(_NAMES, logits)), record
 
 
 __all__ = ["SELECTIONS", "perturbation_scores", "select", "selection_logits"]
