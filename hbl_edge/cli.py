@@ -100,6 +100,9 @@ def train(
     exposure_calibration: bool = typer.Option(
         True, "--exposure-calibration/--no-exposure-calibration",
         help="retinex edge networks: fit the output's global gain on whole training frames after training"),
+    synthetic_mix: float = typer.Option(
+        0.0, help="probability that a sample's input is the task's formation model applied to the real target "
+                  "(more water types / hazes / exposures than the real pairs hold; 0 = real inputs only)"),
     out: Path = typer.Option(Path("runs/train"), help="run directory"),
     resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
 ) -> None:
@@ -115,7 +118,7 @@ def train(
         ckpt_every=ckpt_every, seed=seed, deterministic=deterministic, strict_data=strict,
         vgg_weights=str(vgg_weights) if vgg_weights else None,
         lpips_weights=str(lpips_weights) if lpips_weights else None, lpips_net=lpips_net, threads=threads,
-        calibrate_exposure=exposure_calibration,
+        calibrate_exposure=exposure_calibration, synthetic_mix=synthetic_mix,
     )
     if not _is_main_process():
         from .train import train as run_train

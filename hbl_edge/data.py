@@ -477,6 +477,13 @@ class TrainSampler:
     Augmentation (``augment=True``): horizontal flip, vertical flip, rotation by k·90°,
     applied identically to input and target (the 8 symmetries of the square).
 
+    **Synthetic mix** (``synthetic_mix`` p > 0, paired sources only): with probability p a
+    sample's input is not the real degraded crop but the task's formation model applied to
+    the real target crop (``task.degrade``: new maps drawn per sample). A small real set
+    holds few water types, hazes or exposures; the physics model spans more of them with the
+    same clean content. The coin is drawn only when p > 0, so p = 0 draws exactly what a run
+    without the option draws.
+
     **Data parallelism.** With ``world_size`` N > 1 the step's *global* batch is the
     N·``batch_size`` samples one process with that batch size would draw from (seed, step),
     in the same order; rank r returns samples [r·B, (r+1)·B) of it (B = ``batch_size``,
@@ -492,7 +499,7 @@ class TrainSampler:
 
     def __init__(self, source: PairSource | str, task: str | Task, crop: int = 128,
                  batch_size: int = 4, seed: int = 0, augment: bool = True, *,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 synthetic_mix: float = 0.0, rank: int = 0, world_size: int = 1) -> None:
         self.task = get_task(task)
         self.source = embedded(self.task, "train") if isinstance(source, str) else source
         if len(self.source) == 0:
@@ -501,7 +508,10 @@ class TrainSampler:
             raise ConfigError(f"crop and batch size must be positive, got {crop}, {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of {world_size} processes")
+        if not 0.0 <= synthetic_mix <= 1.0:
+            raise ConfigError(f"--synthetic-mix is a probability in [0, 1], got {synthetic_mix}")
         self.crop, self.batch_size, self.seed, self.augment = crop, batch_size, seed, augment
+        self.synthetic_mix = float(synthetic_mix)
         self.rank, self.world_size = rank, world_size
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -516,6 +526,8 @@ class TrainSampler:
         tgt = _pad_to(tgt[window], c)
         if self.source.degrade is not None:
             inp = self.source.degrade(tgt, rng)
+        elif self.synthetic_mix > 0.0 and rng.random() < self.synthetic_mix:
+            inp = self.task.degrade(tgt, rng)
         else:
             inp = _pad_to(inp[window], c)
         if self.augment:

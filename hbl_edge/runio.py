@@ -106,11 +106,16 @@ def versions() -> dict[str, str]:
     return {**base_versions(), "platform": platform.platform(), **library_versions(RESULT_LIBRARIES)}
 
 
-def check_same_config(path: str | Path, config: dict[str, Any]) -> None:
-    """Refuse to resume a run whose saved ``config.json`` differs from ``config`` (one line, names the keys)."""
+def check_same_config(path: str | Path, config: dict[str, Any],
+                      absent_means: dict[str, Any] | None = None) -> None:
+    """Refuse to resume a run whose saved ``config.json`` differs from ``config`` (one line, names the keys).
+
+    ``absent_means``: the value a setting had before it existed, for a ``config.json`` written
+    by a version without it (a run saved before ``synthetic_mix`` trained with 0).
+    """
     from .errors import ConfigError
 
-    saved = json.loads(Path(path).read_text())
+    saved = {**(absent_means or {}), **json.loads(Path(path).read_text())}
     saved.pop("versions", None)
     current = json.loads(json.dumps(config, default=_json_default))  # tuples → lists, as saved
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 STATE = "train/state.pt"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
+#: settings added after runs were saved without them, and the value those runs trained with
+ABSENT_MEANS = {"synthetic_mix": 0.0}
 
 
 @dataclass
@@ -79,6 +81,9 @@ class TrainConfig:
     #: (EdgeNetwork.calibrate_exposure; docs/benchmarks.md)
     calibrate_exposure: bool = True
     exposure_frames: int = 64
+    #: probability that a training sample's input is the task's formation model applied to the
+    #: real target instead of the real input (TrainSampler; docs/benchmarks.md measures it)
+    synthetic_mix: float = 0.0
 
     def validate(self) -> None:
         task = get_task(self.task)
@@ -103,6 +108,8 @@ class TrainConfig:
         for name in ("val_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1")
+        if not 0.0 <= self.synthetic_mix <= 1.0:
+            raise ConfigError(f"--synthetic-mix is a probability in [0, 1], got {self.synthetic_mix}")
 
 
 @dataclass
@@ -233,7 +240,8 @@ class TrainSession:
         def check() -> None:
             _check_out_dir(out, resume)
             if resume and (out / "config.json").exists():
-                check_same_config(out / "config.json", {**asdict(cfg), **resumable_record(out / "config.json")})
+                check_same_config(out / "config.json", {**asdict(cfg), **resumable_record(out / "config.json")},
+                                  absent_means=ABSENT_MEANS)
 
         dist.on_main(check)
         if cfg.threads:
@@ -250,7 +258,7 @@ class TrainSession:
         train_src = open_dataset(cfg.data, cfg.task, "train", strict=cfg.strict_data, seed=cfg.seed)
         self.val_src = open_dataset(cfg.data, cfg.task, "val", strict=cfg.strict_data, seed=cfg.seed)
         self.sampler = TrainSampler(train_src, cfg.task, crop=cfg.crop, batch_size=cfg.batch_size, seed=cfg.seed,
-                                    rank=dist.rank, world_size=dist.world_size)
+                                    synthetic_mix=cfg.synthetic_mix, rank=dist.rank, world_size=dist.world_size)
 
         # the paper network or an edge network (DESIGN §10)
         self.model = sync_batchnorm_(model if model is not None else Network.from_genotype(genotype), dist)

@@ -321,6 +321,42 @@ def test_augmentation_uses_the_symmetries() -> None:
     assert len(seen) == 8  # the 8 symmetries of the square, all reachable
 
 
+def _quarter_task():
+    """The low-light task with a formation model that is easy to recognise: input = target / 4."""
+    import dataclasses
+
+    from hbl_edge.tasks import get_task
+
+    return dataclasses.replace(get_task("lowlight"), degrade=lambda clean, rng: 0.25 * clean)
+
+
+def test_synthetic_mix_zero_draws_what_a_plain_sampler_draws() -> None:
+    plain = TrainSampler(_relation_source(), "lowlight", crop=24, batch_size=4, seed=3)
+    mixed = TrainSampler(_relation_source(), _quarter_task(), crop=24, batch_size=4, seed=3, synthetic_mix=0.0)
+    for step in range(3):
+        for a, b in zip(plain.batch(step), mixed.batch(step)):
+            assert torch.equal(a, b)
+
+
+def test_synthetic_mix_replaces_inputs_by_the_formation_model_of_the_target() -> None:
+    always = TrainSampler(_relation_source(), _quarter_task(), crop=24, batch_size=4, seed=0, synthetic_mix=1.0)
+    inputs, targets = always.batch(0)
+    torch.testing.assert_close(inputs, 0.25 * targets, rtol=0, atol=0)  # aligned, augmented alike
+    half = TrainSampler(_relation_source(), _quarter_task(), crop=24, batch_size=8, seed=0, synthetic_mix=0.5)
+    ratios = []
+    for step in range(8):
+        inputs, targets = half.batch(step)
+        ratios += (inputs.sum((1, 2, 3)) / targets.sum((1, 2, 3))).tolist()
+    assert all(abs(r - 0.25) < 1e-5 or abs(r - 0.5) < 1e-5 for r in ratios)
+    synthetic = sum(abs(r - 0.25) < 1e-5 for r in ratios) / len(ratios)
+    assert 0.3 < synthetic < 0.7  # 64 coin flips at p = 0.5
+
+
+def test_synthetic_mix_is_a_probability() -> None:
+    with pytest.raises(ConfigError, match="synthetic-mix"):
+        TrainSampler(_relation_source(), "lowlight", crop=24, synthetic_mix=1.5)
+
+
 def test_small_images_are_reflect_padded() -> None:
     source = _relation_source(sizes=((10, 7),))
     inputs, targets = TrainSampler(source, "lowlight", crop=32, batch_size=2).batch(0)

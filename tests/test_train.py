@@ -114,3 +114,24 @@ def test_config_errors(tmp_path, small_genotype, kw, err, match):
     with pytest.raises(err, match=match):
         train(cfg_for(tmp_path, **{"genotype": small_genotype, **kw}))
     assert not (tmp_path / "run" / "model.json").exists()
+
+
+def test_a_run_saved_before_synthetic_mix_existed_resumes(tmp_path, small_genotype):
+    def interrupt(step, rec):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = cfg_for(tmp_path, small_genotype)
+    assert train(cfg, progress=interrupt).interrupted
+    saved = tmp_path / "run" / "config.json"
+    old = json.loads(saved.read_text())
+    del old["synthetic_mix"]  # what an older version wrote
+    saved.write_text(json.dumps(old))
+    assert train(cfg, resume=True).steps == 6
+    with pytest.raises(ConfigError, match="synthetic_mix"):  # a real change is still refused
+        train(cfg_for(tmp_path, small_genotype, synthetic_mix=0.5), resume=True)
+
+
+def test_synthetic_mix_must_be_a_probability(tmp_path, small_genotype):
+    with pytest.raises(ConfigError, match="synthetic-mix"):
+        train(cfg_for(tmp_path, small_genotype, synthetic_mix=-0.1))
