@@ -111,6 +111,9 @@ def record(run: Path, seed_evals: list[Path], wall_min: float | None = None) -> 
             "machine_load": latency.get("machine_load"),
         },
         "genotype": report.get("genotype"),
+        # the whole genotype.json: the record alone rebuilds and retrains the network once the
+        # run directory is gone (write it to a file and pass --genotype)
+        "genotype_json": _read(run / "genotype.json"),
         "test": {"data": rel(ev["data"]) if ev else None, "images": len(ev["per_image"]) if ev else 0,
                  "seed0": scores[0] if scores else None, "seeds": seeds_summary(scores) if scores else None},
     }

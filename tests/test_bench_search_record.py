@@ -39,6 +39,10 @@ def test_a_tiny_macro_search_is_recorded_with_its_sweep_promise_and_seeds(tmp_pa
     assert seeds["n"] == 2 and seeds["psnr"][1] == pytest.approx(seeds["psnr"][0] + 1.0)
     assert seeds["psnr_std"] == pytest.approx(2 ** -0.5)
     assert not Path(rec["run"]).is_absolute() and "chose s4 4/8x1" in capsys.readouterr().out
+    from hbl_edge.genotype import load_genotype  # the record alone rebuilds the network
+
+    (tmp_path / "from_record.json").write_text(json.dumps(rec["genotype_json"]))
+    assert load_genotype(str(tmp_path / "from_record.json")) == load_genotype(str(run / "genotype.json"))
 
 
 def test_a_folder_without_a_run_is_refused(tmp_path):
