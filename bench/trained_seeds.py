@@ -36,6 +36,7 @@ def member(run: Path) -> dict[str, Any]:
     g = Genotype.from_dict(bundle["genotype"])
     return {"run": rel(run), "seed": bundle["provenance"]["config"]["seed"], "genotype": g.summary(),
             "loss": bundle["loss"]["terms"], "steps": bundle["provenance"].get("steps"),
+            "synthetic_mix": bundle["provenance"]["config"].get("synthetic_mix", 0.0),
             "val_psnr": bundle["metrics"]["val_psnr"], "test_psnr": report["mean"]["psnr"],
             "test_ssim": report["mean"]["ssim"], "images": len(report["per_image"]), "test_data": report["data"],
             "subsets": {k: statistics.fmean(v) for k, v in sorted(subsets.items())}}

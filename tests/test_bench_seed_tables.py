@@ -58,5 +58,6 @@ def test_trained_seeds_groups_members_and_their_subsets(tiny_run, tmp_path):
     assert g["name"] == "tiny" and [m["test_psnr"] for m in g["members"]] == pytest.approx([base, base + 1])
     assert g["test_psnr"]["mean"] == pytest.approx(base + 0.5) and g["test_psnr"]["std"] == pytest.approx(2 ** -0.5)
     assert g["members"][0]["loss"] == {"l1": 1.0} and g["subsets"]
+    assert g["members"][0]["synthetic_mix"] == 0.0  # stage T trains on the real inputs alone
     with pytest.raises(SystemExit, match="no eval/eval.json"):
         trained_seeds.main(["--group", f"tiny={tiny_run}"])
