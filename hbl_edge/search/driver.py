@@ -559,6 +559,11 @@ def macro_candidate_dir(out: Path, name: str) -> Path:
     return out / "search" / "macro" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def _proxy_seeds(cfg: SearchConfig) -> list[int]:
+    """The seeds every proxy training of one network uses: ``seed, seed + 1, …`` (``macro_proxy_seeds``)."""
+    return [cfg.seed + k for k in range(cfg.macro_proxy_seeds)]
+
+
 def _train_proxies(cfg: SearchConfig, out: Path, genotype: Path, run_for_seed: Callable[[int], Path],
                    provenance: dict[str, Any], dist: DistContext, loss: str | None = None,
                    flag=None) -> list[tuple[Path, dict[str, Any]]]:
@@ -569,7 +574,7 @@ def _train_proxies(cfg: SearchConfig, out: Path, genotype: Path, run_for_seed: C
     ``flag``, before one) raises :class:`Interrupted`.
     """
     trained = []
-    for seed in (cfg.seed + k for k in range(cfg.macro_proxy_seeds)):
+    for seed in _proxy_seeds(cfg):
         if flag is not None and dist.any(flag.stop):
             raise Interrupted
         run = run_for_seed(seed)
@@ -607,7 +612,7 @@ def _proxy_train(cfg: SearchConfig, out: Path, cand, genotype, dist: DistContext
         genotype.save(d / "genotype.json")
 
     dist.on_main(prepare)  # every rank waits for rank 0's files
-    seeds = [cfg.seed + k for k in range(cfg.macro_proxy_seeds)]
+    seeds = _proxy_seeds(cfg)
     t0 = time.perf_counter()
     trained = _train_proxies(cfg, out, d / "genotype.json", lambda seed: d / ("model" if seed == cfg.seed else f"model_seed{seed}"),
                              {"macro_candidate": cand.name}, dist)
@@ -642,7 +647,7 @@ def _loss_check(cfg: SearchConfig, out: Path, cand, flag, dist: DistContext):
     sweep = read_json(out / "search" / "macro.json", ConfigError, "macro sweep")["candidates"]
     row = next(r for r in sweep if r["name"] == cand.name)
     home = macro_candidate_dir(out, cand.name)
-    seeds = [cfg.seed + k for k in range(cfg.macro_proxy_seeds)]
+    seeds = _proxy_seeds(cfg)
     stage_l = _read_loss_spec(out)
     rows = [{"loss": "stage L's λ*", "terms": dict(stage_l.terms), "val_psnr_seeds": row.get("proxy_val_psnr_seeds",
                                                                                        [row["proxy_val_psnr"]]),
